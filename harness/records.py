@@ -1,0 +1,206 @@
+"""Per-request records: the one data type every later stage reads.
+
+A `Record` is one line of `records.jsonl` (see CONTRACT.md). Durations are measured with one
+monotonic clock (`time.perf_counter_ns`) by the client and converted to milliseconds only here,
+at the edge; wall-clock fields (`*_unix_ns`) only place requests in time across workers.
+
+`Spool` is the append-only file each Locust process writes its records to as it goes, flushed at
+least every `flush_interval_s` so a crash loses at most that much.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+__all__ = [
+    "ERROR_CATEGORIES",
+    "REQUIRED_KEYS",
+    "Record",
+    "Spool",
+    "read_records",
+    "worker_id",
+]
+
+#: Error categories of CONTRACT.md, in the order a request can meet them.
+ERROR_CATEGORIES = (
+    "connect",
+    "timeout",
+    "http_4xx",
+    "http_429",
+    "http_5xx",
+    "stream_cut",
+    "bad_event",
+    "stall",
+    "stopped",
+)
+
+REQUIRED_KEYS = (
+    "run_id",
+    "worker",
+    "host",
+    "model",
+    "stage",
+    "prompt_id",
+    "warmup",
+    "ok",
+    "error",
+    "error_detail",
+    "http_status",
+    "sched_unix_ns",
+    "sent_unix_ns",
+    "dispatch_delay_ms",
+    "ttfb_ms",
+    "ttft_ms",
+    "e2e_ms",
+    "tpot_ms",
+    "event_offsets_us",
+    "input_tokens",
+    "output_tokens",
+    "tokens_source",
+    "finish_reason",
+    "users",
+)
+
+
+def worker_id() -> str:
+    """`hostname:pid` of this process, as records name their sender."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(slots=True)
+class Record:
+    """One request that was sent, successful or not. Field meanings: CONTRACT.md."""
+
+    run_id: str
+    worker: str
+    host: str
+    model: str
+    stage: str
+    prompt_id: str
+    warmup: bool
+    ok: bool
+    error: str | None
+    error_detail: str | None
+    http_status: int | None
+    sched_unix_ns: int
+    sent_unix_ns: int
+    dispatch_delay_ms: float
+    ttfb_ms: float | None
+    ttft_ms: float | None
+    e2e_ms: float | None
+    tpot_ms: float | None
+    event_offsets_us: list[int]
+    input_tokens: int | None
+    output_tokens: int | None
+    tokens_source: str
+    finish_reason: str | None
+    users: int
+    # --- beyond the contract's required keys ---
+    seq: int = 0
+    """Per-worker sequence number: (worker, seq) identifies a record across spools and the master."""
+    stream: bool = True
+    max_tokens: int | None = None
+    connection: str = "reuse"
+    """Connection policy: `reuse`, `new` or `reuse-quickack`."""
+    conn_reused: bool = False
+    """True when the request went over a connection that had carried an earlier request."""
+    connect_ms: float | None = None
+    """Time to open the TCP connection, when this request opened one."""
+    reads: int = 0
+    """Socket reads that returned response bytes."""
+    content_reads: int = 0
+    """Socket reads that carried at least one content event (tokens per read = events / this)."""
+    content_events: int = 0
+    usage_output_tokens: int | None = None
+    text: str | None = None
+    """The answer's text, only when the scenario asks to keep it (quality scoring)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+
+class Spool:
+    """Append-only JSONL file of records, flushed at least every `flush_interval_s` seconds.
+
+    Thread- and greenlet-safe for `append`; the owner calls `maybe_flush()` often (cheap) or runs
+    `flush()` from a timer. Lines are written whole, so a crash can cut at most the last line.
+    """
+
+    def __init__(self, path: Path, *, flush_interval_s: float = 0.5) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[bytes] | None = open(path, "ab")  # noqa: SIM115 - lives as long as the spool
+        self._pending: list[bytes] = []
+        self._lock = threading.Lock()
+        self._interval_ns = int(flush_interval_s * 1e9)
+        self._last_flush_ns = time.monotonic_ns()
+        self.count = 0
+
+    def append(self, record: Record | dict[str, Any]) -> None:
+        line = record.to_json() if isinstance(record, Record) else orjson.dumps(record)
+        with self._lock:
+            self._pending.append(line + b"\n")
+            self.count += 1
+        self.maybe_flush()
+
+    def maybe_flush(self) -> None:
+        if time.monotonic_ns() - self._last_flush_ns >= self._interval_ns:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._last_flush_ns = time.monotonic_ns()
+            if not self._pending or self._fh is None:
+                return
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._fh.write(data)
+            self._fh.flush()
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+
+def read_records(paths: Path | Iterable[Path]) -> tuple[list[dict[str, Any]], int]:
+    """Read records from one or more JSONL files; returns (records, broken_lines).
+
+    A line that does not parse (a file cut mid-line by a crash) is skipped and counted, never fatal.
+    """
+    if isinstance(paths, Path):
+        paths = [paths]
+    out: list[dict[str, Any]] = []
+    broken = 0
+    for p in paths:
+        for obj in _iter_lines(p):
+            if obj is None:
+                broken += 1
+            else:
+                out.append(obj)
+    return out, broken
+
+
+def _iter_lines(path: Path) -> Iterator[dict[str, Any] | None]:
+    with open(path, "rb") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                yield None
+                continue
+            yield obj if isinstance(obj, dict) else None
