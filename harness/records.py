@@ -21,12 +21,15 @@ from typing import IO, Any
 
 import orjson
 
+from harness.client.chat import ChatResult
+
 __all__ = [
     "ERROR_CATEGORIES",
     "REQUIRED_KEYS",
     "Record",
     "Spool",
     "read_records",
+    "record_from_result",
     "worker_id",
 ]
 
@@ -204,3 +207,76 @@ def _iter_lines(path: Path) -> Iterator[dict[str, Any] | None]:
                 yield None
                 continue
             yield obj if isinstance(obj, dict) else None
+
+
+def record_from_result(
+    res: ChatResult,
+    *,
+    run_id: str,
+    worker: str,
+    host: str,
+    model: str,
+    stage: str,
+    prompt_id: str,
+    warmup: bool,
+    sched_unix_ns: int | None,
+    users: int,
+    seq: int,
+    stream: bool,
+    max_tokens: int | None,
+    connection: str,
+) -> Record:
+    """Turn the client's nanosecond stamps into a record (milliseconds rounded to the microsecond).
+
+    Formulas (docs/metrics.md): ttft = first token - sent; e2e = end - sent;
+    tpot = (last token - first token) / (output_tokens - 1), None below 2 tokens;
+    dispatch delay = sent - scheduled (wall clock).
+    """
+    sent = res.sent_ns
+
+    def ms(t: int | None) -> float | None:
+        return None if t is None or not sent else round((t - sent) / 1e6, 3)
+
+    out_tokens = res.output_tokens
+    tpot = None
+    if res.first_token_ns is not None and res.last_token_ns is not None and out_tokens and out_tokens >= 2:
+        tpot = round((res.last_token_ns - res.first_token_ns) / (out_tokens - 1) / 1e6, 4)
+    sent_unix = res.sent_unix_ns or time.time_ns()
+    sched = sched_unix_ns if sched_unix_ns is not None else sent_unix
+    return Record(
+        run_id=run_id,
+        worker=worker,
+        host=host,
+        model=model,
+        stage=stage,
+        prompt_id=prompt_id,
+        warmup=warmup,
+        ok=res.ok,
+        error=res.error,
+        error_detail=res.error_detail,
+        http_status=res.http_status,
+        sched_unix_ns=sched,
+        sent_unix_ns=sent_unix,
+        dispatch_delay_ms=round((sent_unix - sched) / 1e6, 3),
+        ttfb_ms=ms(res.first_byte_ns),
+        ttft_ms=ms(res.first_token_ns),
+        e2e_ms=ms(res.end_ns),
+        tpot_ms=tpot,
+        event_offsets_us=[(t - sent) // 1000 for t in res.token_ns],
+        input_tokens=res.input_tokens,
+        output_tokens=out_tokens,
+        tokens_source=res.tokens_source,
+        finish_reason=res.finish_reason,
+        users=users,
+        seq=seq,
+        stream=stream,
+        max_tokens=max_tokens,
+        connection=connection,
+        conn_reused=res.conn_reused,
+        connect_ms=None if res.connect_ns is None else round(res.connect_ns / 1e6, 3),
+        reads=res.reads,
+        content_reads=res.content_reads,
+        content_events=res.content_events,
+        usage_output_tokens=res.usage_output_tokens,
+        text=res.text,
+    )

@@ -122,4 +122,6 @@ def start_child_host(
     # Keep draining stdout so a chatty child never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in proc.stdout or []], daemon=True).start()
     r = box["ready"]
-    return ChildHost(kind, proc, str(r["base_url"]), list(r.get("models", [])), int(r.get("pid", proc.pid)), r, log_path)
+    return ChildHost(
+        kind, proc, str(r["base_url"]), list(r.get("models", [])), int(r.get("pid", proc.pid)), r, log_path
+    )

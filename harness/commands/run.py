@@ -1,0 +1,111 @@
+"""`harness run SCENARIO`: run one scenario headless (or in the web UI) into one run folder.
+
+Prints a short table and, as the last line of stdout, the run folder's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness.errors import InputError
+from harness.scenario import load_scenario
+
+__all__ = ["add_parser", "scenario_overrides"]
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a scenario and write a run folder", description=__doc__)
+    p.add_argument("scenario", nargs="?", type=Path, help="scenario file (YAML); default: built-in defaults")
+    g = p.add_argument_group("what to load")
+    g.add_argument(
+        "--host",
+        action="append",
+        metavar="URL",
+        help="host base URL (repeatable; replaces the scenario's hosts)",
+    )
+    g.add_argument("--model", action="append", metavar="NAME", help="model id or alias (repeatable)")
+    g.add_argument("--connection", choices=["reuse", "new", "reuse-quickack"], help="connection policy")
+    g.add_argument("--max-tokens", type=int, metavar="N", help="output tokens per request")
+    g = p.add_argument_group("how much load")
+    g.add_argument("--users", type=int, metavar="N", help="concurrent users")
+    g.add_argument("--spawn-rate", type=float, metavar="R", help="users started per second")
+    g.add_argument("--duration", metavar="D", help="30s, 5m, 1h")
+    g.add_argument("--stop-timeout", metavar="D", help="time streams running at the end may take to finish")
+    g.add_argument("--seed", type=int, help="seed for prompt order and lengths")
+    g = p.add_argument_group("where it runs")
+    g.add_argument("--workers", type=int, default=0, metavar="N", help="local Locust worker processes")
+    g.add_argument("--master", action="store_true", help="be the master for workers on other machines")
+    g.add_argument(
+        "--expect-workers", type=int, default=1, metavar="N", help="workers to wait for (--master)"
+    )
+    g.add_argument("--master-bind-host", default="*", help="address the master listens on (--master)")
+    g.add_argument("--master-bind-port", type=int, default=5557, help="port the master listens on (--master)")
+    g.add_argument("--web", action="store_true", help="drive the run from Locust's web UI")
+    g.add_argument("--web-host", default="127.0.0.1", help="web UI address (default 127.0.0.1)")
+    g.add_argument("--web-port", type=int, default=8089, help="web UI port")
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--out", type=Path, default=Path("results"), help="parent of run folders (default results/)"
+    )
+    g.add_argument("--run-id", help="run folder name (default: time, scenario name, random suffix)")
+    g.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.set_defaults(func=run)
+
+
+def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line options as dotted scenario keys (validated with the scenario itself)."""
+    o: dict[str, Any] = {}
+    if args.host:
+        o["hosts"] = [{"url": u} for u in args.host]
+    if args.model:
+        o["models"] = list(args.model)
+    for opt, key in (
+        ("users", "load.users"),
+        ("spawn_rate", "load.spawn_rate"),
+        ("duration", "load.duration"),
+        ("stop_timeout", "load.stop_timeout"),
+        ("connection", "connection"),
+        ("max_tokens", "request.max_tokens"),
+        ("seed", "seed"),
+    ):
+        value = getattr(args, opt, None)
+        if value is not None:
+            o[key] = value
+    return o
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.runner import RunOptions, execute_run
+
+    if args.workers < 0:
+        raise InputError(f"--workers: expected 0 or more, got {args.workers}")
+    if args.master and args.workers:
+        raise InputError(
+            "--master and --workers: choose one (local worker processes, or workers on other machines)"
+        )
+    scenario = load_scenario(args.scenario, scenario_overrides(args))
+    opts = RunOptions(
+        scenario=scenario,
+        scenario_path=args.scenario,
+        out=args.out,
+        run_id=args.run_id,
+        workers=args.workers,
+        master=args.master,
+        expect_workers=args.expect_workers,
+        master_bind_host=args.master_bind_host,
+        master_bind_port=args.master_bind_port,
+        web=args.web,
+        web_host=args.web_host,
+        web_port=args.web_port,
+        report=not args.no_report,
+    )
+    outcome = execute_run(opts)
+    if outcome.table:
+        print(outcome.table)
+    for problem in outcome.problems:
+        sys.stderr.write(f"harness: {problem}\n")
+    print(outcome.run_dir)
+    return outcome.exit_code

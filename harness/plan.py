@@ -1,0 +1,135 @@
+"""The plan: a scenario with its hosts probed and its models resolved, ready for Locust processes.
+
+`harness run` builds the plan once (after starting embedded hosts), writes it into the run folder,
+and hands it to every Locust process; a plain `locust -f locustfiles/chat.py` builds it itself from
+`--scenario` and `--host`. Secrets never enter the plan: a target names where its key comes from.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from harness.errors import InputError
+from harness.hosts import normalize_base_url, probe_host, resolve_models
+from harness.scenario import Scenario
+
+__all__ = ["Plan", "Target", "build_targets", "host_label", "new_run_id", "prompt_dicts", "read_api_key"]
+
+
+def new_run_id(name: str) -> str:
+    """`20261125-153604-quickstart-3f9a`: sortable by start time, unique across machines."""
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{name}-{secrets.token_hex(2)}"
+
+
+def prompt_dicts(scenario: Scenario, base_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The prompt set as the Locust processes use it: id, messages, optional max_tokens and aspects."""
+    return [
+        {
+            "id": p.id,
+            "messages": p.chat_messages(),
+            "max_tokens": p.max_tokens,
+            "expected": p.expected,
+            "capabilities": p.capabilities,
+        }
+        for p in scenario.prompt_set(base_dir)
+    ]
+
+
+@dataclass
+class Target:
+    url: str
+    label: str
+    weight: float
+    models: list[str]
+    """Model ids this host serves, resolved from what the scenario asked."""
+    asked: dict[str, str] = field(default_factory=dict)
+    """asked name -> resolved id."""
+    flavour: str = "openai"
+    embedded: str | None = None
+    pid: int | None = None
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+
+
+@dataclass
+class Plan:
+    run_id: str
+    run_dir: str
+    scenario: dict[str, Any]
+    targets: list[Target]
+    prompts: list[dict[str, Any]]
+    stage: str = "main"
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Plan:
+        obj = orjson.loads(data)
+        obj["targets"] = [Target(**t) for t in obj["targets"]]
+        return cls(**obj)
+
+    def scenario_obj(self) -> Scenario:
+        return Scenario.model_validate(self.scenario)
+
+
+def host_label(url: str) -> str:
+    return urlsplit(url).netloc or url
+
+
+def read_api_key(env: str | None, file: str | None) -> str | None:
+    """A host's API key from its environment variable or file; never logged, never in the plan."""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise InputError(f"api_key_env: environment variable {env} is not set")
+        return value.strip()
+    if file:
+        try:
+            return Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise InputError(f"api_key_file: cannot read {file} ({exc.strerror})") from None
+    return None
+
+
+def build_targets(scenario: Scenario, urls: dict[int, tuple[str, str | None, int | None]]) -> list[Target]:
+    """Probe every host of the scenario and resolve its models.
+
+    `urls` maps a host's index in `scenario.hosts` to (base URL, embedded kind, pid) for hosts
+    started by the harness; the others use their `url`. Raises HostError naming the host.
+    """
+    targets = []
+    for i, spec in enumerate(scenario.hosts):
+        url, embedded, pid = urls.get(i, (spec.url or "", None, None))
+        url = normalize_base_url(url)
+        key = read_api_key(spec.api_key_env, spec.api_key_file)
+        info = probe_host(url, api_key=key)
+        asked = spec.models if spec.models is not None else scenario.models
+        resolved = resolve_models(info, asked)
+        targets.append(
+            Target(
+                url=url,
+                label=spec.name or host_label(url),
+                weight=spec.weight,
+                models=sorted(set(resolved.values()), key=list(resolved.values()).index),
+                asked=resolved,
+                flavour=info.flavour,
+                embedded=embedded,
+                pid=pid,
+                api_key_env=spec.api_key_env,
+                api_key_file=spec.api_key_file,
+            )
+        )
+    labels = [t.label for t in targets]
+    for t in targets:
+        if labels.count(t.label) > 1:
+            t.label = f"{t.label}#{targets.index(t) + 1}"
+    return targets

@@ -1,0 +1,407 @@
+"""`harness run`: one scenario, one run folder.
+
+Order of work: validate the scenario -> start embedded hosts (child processes) -> probe hosts and
+resolve models -> warm-up -> Locust as a child process (gevent lives only there) -> stop hosts ->
+collect and count records -> manifest -> report. Whatever happens after the run folder exists,
+the records already written stay on disk and the manifest says how the run ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from harness import __version__
+from harness.errors import HarnessError, HostError, InputError
+from harness.plan import Plan, Target, build_targets, new_run_id, prompt_dicts
+from harness.records import Spool, read_records
+from harness.scenario import HostSpec, Scenario
+from harness.servers.ready import ChildHost, start_child_host
+from harness.warmup import run_warmup
+
+__all__ = ["DEFAULT_EMBEDDED", "RunOptions", "RunOutcome", "execute_run", "options_to_flags"]
+
+#: What `harness run` starts when the scenario names no host.
+DEFAULT_EMBEDDED = "sim"
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+@dataclass
+class RunOptions:
+    scenario: Scenario
+    scenario_path: Path | None
+    out: Path = Path("results")
+    run_id: str | None = None
+    workers: int = 0
+    master: bool = False
+    expect_workers: int = 0
+    master_bind_host: str = "*"
+    master_bind_port: int = 5557
+    web: bool = False
+    web_host: str = "127.0.0.1"
+    web_port: int = 8089
+    report: bool = True
+    command_line: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    exit_code: int
+    table: str
+    problems: list[str]
+
+
+def options_to_flags(options: dict[str, Any]) -> list[str]:
+    """`{ttft_ms: 100, model: [a, b], foundry_quirks: true}` -> `--ttft-ms 100 --model a --model b --foundry-quirks`."""
+    flags: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v is True:
+                flags.append(flag)
+            elif v is False or v is None:
+                continue
+            else:
+                flags += [flag, str(v)]
+    return flags
+
+
+class _HostSampler:
+    """Samples resident memory and CPU of local host processes (by pid) into host_metrics.jsonl."""
+
+    def __init__(self, path: Path, pids: dict[str, int], interval_s: float = 0.5) -> None:
+        self.path = path
+        self.pids = pids
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="host-sampler")
+
+    def start(self) -> None:
+        if self.pids:
+            self._thread.start()
+
+    def _loop(self) -> None:
+        import psutil
+
+        procs = {}
+        for url, pid in self.pids.items():
+            with contextlib.suppress(psutil.Error):
+                procs[url] = psutil.Process(pid)
+                procs[url].cpu_percent(None)
+        with open(self.path, "ab") as fh:
+            while not self._stop.wait(self.interval_s):
+                now = time.time_ns()
+                for url, p in procs.items():
+                    try:
+                        with p.oneshot():
+                            rss = p.memory_info().rss
+                            cpu = p.cpu_percent(None)
+                    except psutil.Error:
+                        continue
+                    fh.write(
+                        orjson.dumps({"host": url, "t_unix_ns": now, "rss_bytes": rss, "cpu_percent": cpu})
+                        + b"\n"
+                    )
+                fh.flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+
+def _utc(t: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t if t is not None else time.time()))
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    tmp.replace(path)
+
+
+def _manifest(
+    opts: RunOptions, run_id: str, started: float, targets: list[Target], extra: dict[str, Any]
+) -> dict[str, Any]:
+    sc = opts.scenario.model_dump(mode="json")
+    return {
+        "run_id": run_id,
+        "scenario_file": str(opts.scenario_path) if opts.scenario_path else None,
+        "scenario": sc,
+        "versions": {
+            "harness": __version__,
+            "locust": _version("locust"),
+            "foundry-local-sdk": _version("foundry-local-sdk"),
+            "python": platform.python_version(),
+        },
+        "machine": {"hostname": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "started_utc": _utc(started),
+        "hosts": [
+            {
+                "url": t.url,
+                "label": t.label,
+                "flavour": t.flavour,
+                "models": t.asked,
+                "weight": t.weight,
+                "embedded": t.embedded,
+                "pid": t.pid,
+            }
+            for t in targets
+        ],
+        "connection": opts.scenario.connection,
+        "command_line": opts.command_line,
+        **extra,
+    }
+
+
+def _locust_command(opts: RunOptions, plan_path: Path, run_dir: Path) -> list[str]:
+    sc = opts.scenario
+    load = sc.load
+    spawn_rate = load.spawn_rate or float(load.users)
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
+    cmd += ["--harness-plan", str(plan_path), "--run-dir", str(run_dir)]
+    cmd += ["-u", str(load.users), "-r", f"{spawn_rate:g}"]
+    cmd += ["--stop-timeout", f"{load.stop_timeout:g}", "--exit-code-on-error", "0", "--loglevel", "WARNING"]
+    cmd += ["--csv", str(run_dir / "locust" / "locust"), "--html", str(run_dir / "locust" / "report.html")]
+    if opts.web:
+        cmd += ["--web-host", opts.web_host, "--web-port", str(opts.web_port), "-t", f"{load.duration:g}s"]
+    else:
+        cmd += ["--headless", "-t", f"{load.duration:g}s", "--only-summary"]
+    if opts.workers:
+        cmd += ["--processes", str(opts.workers)]
+    if opts.master:
+        cmd += ["--master", "--expect-workers", str(max(1, opts.expect_workers))]
+        cmd += ["--master-bind-host", opts.master_bind_host, "--master-bind-port", str(opts.master_bind_port)]
+    return cmd
+
+
+def _run_locust(cmd: list[str], log_path: Path) -> int:
+    """Run Locust; the first Ctrl-C/SIGTERM asks it to stop (it writes what it has), a second kills it."""
+    env = dict(os.environ, GEVENT_RESOLVER="block", PYTHONUNBUFFERED="1")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    interrupts = 0
+    old: dict[signal.Signals, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if proc.poll() is not None:
+            return
+        if interrupts == 1:
+            sys.stderr.write("harness: stopping: finishing the run folder (Ctrl-C again to kill)\n")
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, on_signal)
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                on_signal(signal.SIGINT, None)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 130 if interrupts else code
+
+
+def _locust_e2e_count(run_dir: Path) -> int | None:
+    """Requests Locust counted on its E2E rows (one per request sent, failures included)."""
+    import csv
+
+    path = run_dir / "locust" / "locust_stats.csv"
+    if not path.exists():
+        return None
+    total = 0
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("Type") == "E2E":
+                total += int(row.get("Request Count") or 0)
+    return total
+
+
+def execute_run(opts: RunOptions) -> RunOutcome:
+    sc = opts.scenario
+    if not sc.hosts:
+        sc = sc.model_copy(update={"hosts": [HostSpec(embedded=DEFAULT_EMBEDDED)]})
+        opts.scenario = sc
+    run_id = opts.run_id or new_run_id(sc.name)
+    run_dir = (opts.out / run_id).resolve()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise InputError(f"--run-id {run_id}: run folder {run_dir} already exists; choose another id")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {opts.out}: cannot create run folder ({exc.strerror})") from None
+    started = time.time()
+    children: list[ChildHost] = []
+    problems: list[str] = []
+    targets: list[Target] = []
+    sampler: _HostSampler | None = None
+    manifest_path = run_dir / "manifest.json"
+    exit_code = 0
+    stage = "starting hosts"
+    try:
+        urls: dict[int, tuple[str, str | None, int | None]] = {}
+        for i, spec in enumerate(sc.hosts):
+            if spec.embedded:
+                sys.stderr.write(f"harness: starting embedded {spec.embedded} host\n")
+                child = start_child_host(
+                    spec.embedded,
+                    ["--port", "0", *options_to_flags(spec.options)],
+                    log_path=run_dir / "hosts" / f"{i}-{spec.embedded}.log",
+                )
+                children.append(child)
+                urls[i] = (child.base_url, spec.embedded, child.pid)
+        stage = "probing hosts"
+        targets = build_targets(sc, urls)
+        base_dir = opts.scenario_path.parent if opts.scenario_path else None
+        plan = Plan(
+            run_id=run_id,
+            run_dir=str(run_dir),
+            scenario=sc.model_dump(mode="json"),
+            targets=targets,
+            prompts=prompt_dicts(sc, base_dir),
+        )
+        plan_path = run_dir / "plan.json"
+        plan_path.write_bytes(plan.to_json())
+        _write_json(manifest_path, _manifest(opts, run_id, started, targets, {"state": "running"}))
+        sampler = _HostSampler(run_dir / "host_metrics.jsonl", {t.url: t.pid for t in targets if t.pid})
+        sampler.start()
+
+        stage = "warm-up"
+        spool = Spool(run_dir / "records.jsonl")
+        failed = run_warmup(plan, spool.append)
+        spool.close()
+        _check_warmup(plan, failed, sc.warmup.requests)
+
+        stage = "load"
+        sys.stderr.write(
+            f"harness: {sc.load.users} users for {sc.load.duration:g} s against "
+            f"{', '.join(t.label for t in targets)} (run {run_id})\n"
+        )
+        code = _run_locust(_locust_command(opts, plan_path, run_dir), run_dir / "locust" / "locust.log")
+        if code == 130:
+            problems.append("run interrupted: streams in flight were recorded as `stopped`")
+            exit_code = 3
+        elif code != 0:
+            problems.append(f"Locust exited with code {code} (see {run_dir / 'locust' / 'locust.log'})")
+            exit_code = 3
+    except HarnessError as exc:
+        if stage in ("starting hosts", "probing hosts", "warm-up"):
+            _write_json(
+                manifest_path,
+                _manifest(
+                    opts,
+                    run_id,
+                    started,
+                    targets,
+                    {"state": "failed", "error": str(exc), "ended_utc": _utc()},
+                ),
+            )
+            raise
+        problems.append(str(exc))
+        exit_code = exc.exit_code
+    finally:
+        if sampler:
+            sampler.stop()
+        for child in children:
+            child.stop()
+
+    # --- collect: every request Locust counted must have exactly one record
+    records, broken = (
+        read_records(run_dir / "records.jsonl") if (run_dir / "records.jsonl").exists() else ([], 0)
+    )
+    measured = sum(1 for r in records if not r.get("warmup"))
+    counted = _locust_e2e_count(run_dir)
+    workers = _worker_counts(run_dir, records)
+    if broken:
+        problems.append(f"{broken} broken line(s) in records.jsonl were skipped")
+    if counted is not None and counted != measured:
+        problems.append(f"records missing: Locust counted {counted} requests, records.jsonl holds {measured}")
+        exit_code = max(exit_code, 3)
+    ended = time.time()
+    manifest = _manifest(
+        opts,
+        run_id,
+        started,
+        targets,
+        {
+            "state": "complete" if exit_code == 0 else "incomplete",
+            "ended_utc": _utc(ended),
+            "duration_s": round(ended - started, 3),
+            "workers": workers,
+            "records": {"measured": measured, "warmup": len(records) - measured, "locust_counted": counted},
+            "problems": problems,
+            "exit_code": exit_code,
+        },
+    )
+    _write_json(manifest_path, manifest)
+    table = _report(run_dir, opts.report, problems)
+    return RunOutcome(run_dir=run_dir, exit_code=exit_code, table=table, problems=problems)
+
+
+def _check_warmup(plan: Plan, failed: list[Any], per_model: int) -> None:
+    """Fail before the load starts when every warm-up request to a host and model failed."""
+    if not failed or per_model <= 0:
+        return
+    by_pair: dict[tuple[str, str], list[Any]] = {}
+    for rec in failed:
+        by_pair.setdefault((rec.host, rec.model), []).append(rec)
+    for (host, model), recs in by_pair.items():
+        if len(recs) >= per_model:
+            r = recs[0]
+            raise HostError(
+                f"host {host}: warm-up request to model {model} failed ({r.error}: {r.error_detail})"
+            )
+
+
+def _worker_counts(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    counts: dict[str, int] = {}
+    for r in records:
+        if not r.get("warmup"):
+            counts[r["worker"]] = counts.get(r["worker"], 0) + 1
+    return [{"worker": w, "records": n} for w, n in sorted(counts.items())]
+
+
+def _report(run_dir: Path, enabled: bool, problems: list[str]) -> str:
+    if not enabled:
+        return ""
+    try:
+        from harness.report import build  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return ""
+    try:
+        report = build([run_dir], run_dir)
+    except HarnessError as exc:
+        problems.append(f"report: {exc}")
+        return ""
+    return report.console_table()

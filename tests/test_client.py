@@ -1,0 +1,239 @@
+"""The streaming client against scripted servers on 127.0.0.1: timing rules and error categories."""
+
+from __future__ import annotations
+
+import socket
+
+import orjson
+import pytest
+from scripted_server import (
+    HEAD_SSE,
+    Script,
+    chunk,
+    delta,
+    foundry_stream,
+    json_response,
+    scripted_server,
+    sse,
+)
+
+from harness.client import Connection, Timeouts, chat_body
+from harness.records import REQUIRED_KEYS, record_from_result
+
+BODY = chat_body("m", [{"role": "user", "content": "hi"}], max_tokens=8)
+TOKENS = ["a", "b", "c", "d", "e"]
+
+
+def test_request_body_always_asks_usage_and_max_tokens() -> None:
+    body = orjson.loads(BODY)
+    assert body["max_tokens"] == 8 and body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    plain = orjson.loads(chat_body("m", [], max_tokens=3, stream=False))
+    assert "stream_options" not in plain
+
+
+def test_ttft_is_first_content_not_role_chunk() -> None:
+    with scripted_server([Script(foundry_stream(TOKENS, first_gap_s=0.08, gap_s=0.01))]) as (url, log):
+        res = Connection(url).chat(BODY)
+    assert res.ok and res.error is None, res.error_detail
+    ttfb_ms = (res.first_byte_ns - res.sent_ns) / 1e6
+    ttft_ms = (res.first_token_ns - res.sent_ns) / 1e6
+    assert ttfb_ms < 60, "role chunk comes at once"
+    assert ttft_ms >= 79, "first token only after the scripted 80 ms"
+    assert res.content_events == 5 and res.output_tokens == 5 and res.tokens_source == "usage"
+    assert res.input_tokens == 7 and res.finish_reason == "length"
+    gaps = [(b - a) / 1e6 for a, b in zip(res.token_ns, res.token_ns[1:], strict=False)]
+    assert min(gaps) >= 9, gaps
+    req = log.requests[0]
+    assert req.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+
+
+def test_missing_usage_falls_back_to_events() -> None:
+    with scripted_server([Script(foundry_stream(TOKENS, usage=False))]) as (url, _):
+        res = Connection(url).chat(BODY)
+    assert res.ok and res.tokens_source == "events" and res.output_tokens == 5
+
+
+def test_reasoning_and_tool_calls_count_as_tokens() -> None:
+    steps = [
+        HEAD_SSE,
+        chunk(sse(delta(reasoning_content="thinking"))),
+        chunk(sse(delta(tool_calls=[{"index": 0, "function": {"name": "f"}}]))),
+        chunk(sse(delta("x"))),
+        chunk(sse(delta(finish="stop"))),
+        chunk(sse(b"[DONE]")),
+        b"0\r\n\r\n",
+    ]
+    with scripted_server([Script(steps)]) as (url, _):
+        res = Connection(url).chat(BODY, keep_text=True)
+    assert res.ok and res.content_events == 3 and res.text == "x" and res.finish_reason == "stop"
+
+
+def test_odd_byte_boundaries_and_crlf_events() -> None:
+    events = [delta("", role="assistant")] + [delta(t) for t in TOKENS] + [delta(finish="length")]
+    payload = b"".join(sse(e).replace(b"\n\n", b"\r\n\r\n") for e in events) + b"data: [DONE]\r\n\r\n"
+    rechunked = b"".join(chunk(payload[i : i + 3]) for i in range(0, len(payload), 3)) + b"0\r\n\r\n"
+    steps: list = [HEAD_SSE]
+    for i in range(0, len(rechunked), 5):
+        steps += [rechunked[i : i + 5], ("sleep", 0.0005)]
+    with scripted_server([Script(steps)]) as (url, _):
+        res = Connection(url).chat(BODY, keep_text=True)
+    assert res.ok, res.error_detail
+    assert res.text == "abcde" and res.output_tokens == 5 and res.tokens_source == "events" and res.reads > 5
+
+
+def test_stream_cut_keeps_tokens() -> None:
+    steps = foundry_stream(TOKENS)[:4] + [("close",)]
+    with scripted_server([Script(steps)]) as (url, _):
+        res = Connection(url).chat(BODY)
+    assert not res.ok and res.error == "stream_cut"
+    assert res.content_events == 2 and res.first_token_ns is not None
+
+
+def test_malformed_event_is_bad_event_and_stream_read_to_end() -> None:
+    steps = foundry_stream(TOKENS)
+    steps.insert(3, chunk(b"data: {not json\n\n"))
+    with scripted_server([Script(steps), Script(foundry_stream(TOKENS))]) as (url, log):
+        conn = Connection(url)
+        res = conn.chat(BODY)
+        again = conn.chat(BODY)
+    assert res.error == "bad_event" and "not JSON" in (res.error_detail or "")
+    assert res.content_events == 5, "the rest of the stream is still read and counted"
+    assert again.ok and again.conn_reused and log.connections == 1
+
+
+def test_non_sse_content_type_is_bad_event() -> None:
+    with scripted_server([Script([json_response(200, {"choices": []})])]) as (url, _):
+        res = Connection(url).chat(BODY)
+    assert res.error == "bad_event" and "text/event-stream" in (res.error_detail or "")
+
+
+def test_empty_body_is_bad_event() -> None:
+    steps = [b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 0\r\n\r\n"]
+    with scripted_server([Script(steps)]) as (url, _):
+        res = Connection(url).chat(BODY)
+    assert res.error == "bad_event" and "empty" in (res.error_detail or "")
+
+
+@pytest.mark.parametrize(
+    ("status", "category"),
+    [(400, "http_4xx"), (404, "http_4xx"), (429, "http_429"), (500, "http_5xx"), (503, "http_5xx")],
+)
+def test_http_errors(status: int, category: str) -> None:
+    body = {"error": {"message": f"boom {status}", "type": "invalid_request_error"}}
+    resp = json_response(status, body, "Retry-After: 2\r\n")
+    with scripted_server([Script([resp]), Script(foundry_stream(TOKENS))]) as (url, log):
+        conn = Connection(url)
+        res = conn.chat(BODY)
+        after = conn.chat(BODY)
+    assert res.error == category and res.http_status == status
+    assert f"boom {status}" in (res.error_detail or "")
+    if status == 429:
+        assert res.retry_after_s == 2.0
+    assert after.ok and log.connections == 1, "an error response leaves the connection usable"
+
+
+def test_connection_refused() -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    res = Connection(f"http://127.0.0.1:{port}/v1").chat(BODY)
+    assert res.error == "connect" and not res.ok
+
+
+def test_reset_before_response_is_connect_error() -> None:
+    with scripted_server([Script([("reset",)])]) as (url, _):
+        res = Connection(url, policy="new").chat(BODY)
+    assert res.error == "connect"
+
+
+def test_stall_after_first_token() -> None:
+    steps = foundry_stream(TOKENS)[:3] + [("sleep", 1.0)] + foundry_stream(TOKENS)[3:]
+    t = Timeouts(connect_s=1, first_token_s=5, idle_s=0.2, total_s=5)
+    with scripted_server([Script(steps)]) as (url, _):
+        res = Connection(url, timeouts=t).chat(BODY)
+    assert res.error == "stall" and res.content_events == 1
+
+
+def test_no_first_token_in_time_is_timeout() -> None:
+    t = Timeouts(connect_s=1, first_token_s=0.2, idle_s=5, total_s=5)
+    with scripted_server([Script([HEAD_SSE, chunk(sse(delta("", role="assistant"))), ("sleep", 1.0)])]) as (
+        url,
+        _,
+    ):
+        res = Connection(url, timeouts=t).chat(BODY)
+    assert res.error == "timeout" and res.first_byte_ns is not None
+
+
+def test_policies_reuse_and_new() -> None:
+    with scripted_server([Script(foundry_stream(TOKENS))]) as (url, log):
+        conn = Connection(url, policy="reuse")
+        first, second = conn.chat(BODY), conn.chat(BODY)
+    assert first.ok and second.ok and not first.conn_reused and second.conn_reused
+    assert first.connect_ns is not None and second.connect_ns is None
+    assert log.connections == 1
+    with scripted_server([Script(foundry_stream(TOKENS))]) as (url, log):
+        conn = Connection(url, policy="new")
+        a, b = conn.chat(BODY), conn.chat(BODY)
+    assert a.ok and b.ok and not b.conn_reused and b.connect_ns is not None
+    assert log.connections == 2 and b"Connection: close" in log.requests[0]
+
+
+def test_quickack_policy_streams_normally() -> None:
+    with scripted_server([Script(foundry_stream(TOKENS, gap_s=0.002))]) as (url, log):
+        conn = Connection(url, policy="reuse-quickack")
+        results = [conn.chat(BODY) for _ in range(3)]
+    assert all(r.ok for r in results) and log.connections == 1
+
+
+def test_stale_keepalive_connection_is_retried_once() -> None:
+    # The server closes after each response without saying so: the next send meets a dead socket.
+    scripts = [Script(foundry_stream(TOKENS), keep_open=False)]
+    with scripted_server(scripts) as (url, log):
+        conn = Connection(url)
+        a = conn.chat(BODY)
+        b = conn.chat(BODY)
+    assert a.ok and b.ok and log.connections == 2 and not b.conn_reused
+
+
+def test_non_streaming() -> None:
+    body = {
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hello there"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+    plain = chat_body("m", [{"role": "user", "content": "hi"}], max_tokens=8, stream=False)
+    with scripted_server([Script([("sleep", 0.03), json_response(200, body)])]) as (url, _):
+        res = Connection(url).chat(plain, stream=False, keep_text=True)
+    assert res.ok and res.text == "hello there" and res.output_tokens == 2 and res.first_token_ns is None
+    assert (res.end_ns - res.sent_ns) / 1e6 >= 29
+
+
+def test_record_has_contract_keys_and_tpot() -> None:
+    with scripted_server([Script(foundry_stream(TOKENS, gap_s=0.01))]) as (url, _):
+        res = Connection(url).chat(BODY)
+    rec = record_from_result(
+        res,
+        run_id="r",
+        worker="w:1",
+        host=url,
+        model="m",
+        stage="main",
+        prompt_id="p",
+        warmup=False,
+        sched_unix_ns=None,
+        users=1,
+        seq=0,
+        stream=True,
+        max_tokens=8,
+        connection="reuse",
+    )
+    obj = orjson.loads(rec.to_json())
+    assert set(REQUIRED_KEYS) <= set(obj)
+    span = (res.last_token_ns - res.first_token_ns) / 1e6
+    assert obj["tpot_ms"] == pytest.approx(span / 4, abs=0.001)
+    assert obj["tpot_ms"] >= 9
+    assert len(obj["event_offsets_us"]) == 5 and obj["event_offsets_us"] == sorted(obj["event_offsets_us"])
+    assert obj["dispatch_delay_ms"] == 0 and obj["e2e_ms"] >= obj["ttft_ms"] >= obj["ttfb_ms"]
