@@ -13,6 +13,7 @@ Records travel worker -> master in `report_to_master`, the master appends them t
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import random
@@ -40,23 +41,17 @@ log = logging.getLogger("harness")
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
-    group = parser.add_argument_group("llm-load-harness")
-    group.add_argument(
+    # Locust's own parser (not an argument group) knows `include_in_web_ui`.
+    parser.add_argument(
         "--scenario",
         default=os.environ.get("HARNESS_SCENARIO", ""),
         help="scenario file (YAML) for a plain locust run; hosts come from it or from --host",
     )
-    group.add_argument(
+    parser.add_argument(
         "--run-dir", default="", help="run folder (default results/<run id>)", include_in_web_ui=False
     )
-    group.add_argument("--harness-plan", default="", help=argparse_suppress(), include_in_web_ui=False)
-    group.add_argument("--harness-plan-json", default="", help=argparse_suppress(), include_in_web_ui=False)
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
+    parser.add_argument("--harness-plan", default="", help=argparse.SUPPRESS, include_in_web_ui=False)
+    parser.add_argument("--harness-plan-json", default="", help=argparse.SUPPRESS, include_in_web_ui=False)
 
 
 class _Harness:
@@ -149,6 +144,8 @@ def state(environment: Environment) -> _Harness:
 
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
+    global _env
+    _env = environment
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
         runner_report = environment.events.report_to_master
@@ -198,15 +195,31 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         log.warning("warm-up failed on %s %s: %s %s", rec.host, rec.model, rec.error, rec.error_detail)
 
 
+_env: Environment | None = None
+
+
+@events.quit.add_listener
+def _on_quit(exit_code: int, **_: Any) -> None:
+    """After the runner stopped: Locust's own final counts, for the orchestrator's record check.
+    (Its CSV is written on a timer and can miss the last second.)"""
+    env = _env
+    if env is None or env.runner is None or isinstance(env.runner, WorkerRunner) or _plan is None:
+        return
+    counts: dict[str, dict[str, int]] = {}
+    for (name, method), entry in env.runner.stats.entries.items():
+        c = counts.setdefault(method, {"requests": 0, "failures": 0})
+        c["requests"] += entry.num_requests
+        c["failures"] += entry.num_failures
+    out = {"counts": counts, "exit_code": exit_code, "workers": dict(_master_counts)}
+    (Path(_plan.run_dir) / "locust_counts.json").write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+
+
 @events.quitting.add_listener
 def _on_quitting(environment: Environment, **_: Any) -> None:
     if _state is not None:
         _state.close()
     if _master_sink is not None:
         _master_sink.close()
-        assert _plan is not None
-        plan_dir = Path(_plan.run_dir)
-        (plan_dir / "workers.json").write_bytes(orjson.dumps(_master_counts, option=orjson.OPT_INDENT_2))
 
 
 class ChatUser(User):
@@ -226,6 +239,7 @@ class ChatUser(User):
         # move in lock-step (fixed lengths and no think time make the client's own skew worse).
         self.rng = random.Random(f"{sc.seed}:{st.worker}:{st.user_index}")
         self.prompts = st.plan.prompts
+        self.connect_failures = 0
 
     def on_stop(self) -> None:
         self.conn.close()
@@ -260,6 +274,13 @@ class ChatUser(User):
         finally:
             st.inflight -= 1
         self._record(res, model, prompt["id"], max_tokens, users)
+        if res.error == "connect":
+            # A host that is down answers at once; back off (50 ms doubling to 1 s) instead of
+            # hammering it and flooding the records, as any real client would.
+            self.connect_failures += 1
+            gevent.sleep(min(1.0, 0.05 * 2 ** (self.connect_failures - 1)))
+            return
+        self.connect_failures = 0
         think = sc.load.think_time
         pause = think if isinstance(think, int | float) else self.rng.uniform(think[0], think[1])
         if pause:

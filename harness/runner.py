@@ -235,17 +235,11 @@ def _run_locust(cmd: list[str], log_path: Path) -> int:
 
 def _locust_e2e_count(run_dir: Path) -> int | None:
     """Requests Locust counted on its E2E rows (one per request sent, failures included)."""
-    import csv
-
-    path = run_dir / "locust" / "locust_stats.csv"
+    path = run_dir / "locust_counts.json"
     if not path.exists():
         return None
-    total = 0
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row.get("Type") == "E2E":
-                total += int(row.get("Request Count") or 0)
-    return total
+    counts = orjson.loads(path.read_bytes()).get("counts", {})
+    return int(counts.get("E2E", {}).get("requests", 0))
 
 
 def execute_run(opts: RunOptions) -> RunOutcome:
@@ -253,6 +247,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
     if not sc.hosts:
         sc = sc.model_copy(update={"hosts": [HostSpec(embedded=DEFAULT_EMBEDDED)]})
         opts.scenario = sc
+    prompts = prompt_dicts(sc, opts.scenario_path.parent if opts.scenario_path else None)
     run_id = opts.run_id or new_run_id(sc.name)
     run_dir = (opts.out / run_id).resolve()
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -283,13 +278,12 @@ def execute_run(opts: RunOptions) -> RunOutcome:
                 urls[i] = (child.base_url, spec.embedded, child.pid)
         stage = "probing hosts"
         targets = build_targets(sc, urls)
-        base_dir = opts.scenario_path.parent if opts.scenario_path else None
         plan = Plan(
             run_id=run_id,
             run_dir=str(run_dir),
             scenario=sc.model_dump(mode="json"),
             targets=targets,
-            prompts=prompt_dicts(sc, base_dir),
+            prompts=prompts,
         )
         plan_path = run_dir / "plan.json"
         plan_path.write_bytes(plan.to_json())
