@@ -1,0 +1,98 @@
+"""Where Foundry Local hosts are: the environment, the `foundry` CLI, and model loading.
+
+The legacy service picks a new port on every start, so a URL from last week's notes is wrong today:
+`FOUNDRY_LOCAL_ENDPOINT` or the CLI's status output is the only reliable source.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from urllib.parse import quote, urlsplit
+
+from harness.client import Connection, Timeouts
+from harness.hosts import HostInfo, normalize_base_url
+
+__all__ = ["discover_foundry_endpoints", "load_model", "loaded_models"]
+
+_URL = re.compile(r"https?://[\w.\-\[\]:]+(?::\d+)?(?:/[\w./\-]*)?")
+
+
+def discover_foundry_endpoints() -> list[str]:
+    """Base URLs of local Foundry hosts: `FOUNDRY_LOCAL_ENDPOINT`, then `foundry service|server status`."""
+    found: list[str] = []
+    env = os.environ.get("FOUNDRY_LOCAL_ENDPOINT")
+    if env:
+        found.append(normalize_base_url(env))
+    exe = shutil.which("foundry")
+    if exe:
+        for args in (["service", "status"], ["server", "status"]):
+            try:
+                out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=15).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            for url in _URL.findall(out):
+                parts = urlsplit(url)
+                base = normalize_base_url(f"{parts.scheme}://{parts.netloc}")
+                if base not in found:
+                    found.append(base)
+    return found
+
+
+def _root(url: str) -> str:
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.netloc}"
+
+
+def loaded_models(info: HostInfo, *, timeout_s: float = 10.0) -> list[str] | None:
+    """Models a Foundry host has loaded (None when the host cannot say)."""
+    path = {"foundry": "/models/loaded", "foundry-legacy": "/openai/loadedmodels"}.get(info.flavour)
+    if path is None:
+        return None
+    import orjson
+
+    conn = Connection(_root(info.url), timeouts=Timeouts(timeout_s, timeout_s, timeout_s, timeout_s))
+    try:
+        status, _, body = conn.get(path)
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    if status != 200:
+        return None
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict):
+        obj = obj.get("models") or obj.get("data") or []
+    return (
+        [str(m.get("id", m)) if isinstance(m, dict) else str(m) for m in obj]
+        if isinstance(obj, list)
+        else None
+    )
+
+
+def load_model(info: HostInfo, asked: str, resolved: str, *, timeout_s: float = 600.0) -> tuple[bool, str]:
+    """Ask a Foundry host to load a cached model; returns (ok, detail).
+
+    The current service loads by alias only (`/models/load/{alias}`; an id with `:` gives 404);
+    the legacy service by id (`/openai/load/{id}?ttl=600`).
+    """
+    if info.flavour == "foundry":
+        name = asked.split(":", 1)[0] if ":" in asked else asked
+        path = f"/models/load/{quote(name, safe='')}"
+    elif info.flavour == "foundry-legacy":
+        path = f"/openai/load/{quote(resolved, safe='')}?ttl=600"
+    else:
+        return False, f"a {info.flavour} host has no load endpoint"
+    conn = Connection(_root(info.url), timeouts=Timeouts(10.0, timeout_s, timeout_s, timeout_s))
+    try:
+        status, _, body = conn.get(path)
+    except OSError as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+    return status == 200, f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
