@@ -1,14 +1,18 @@
 """Locust glue: user classes that stream chat completions and record every request.
 
 Thin on purpose: a user picks a prompt and a model, hands the request to the streaming client
-(`harness.client`), turns the result into a `Record`, spools it, and fires three Locust events
-(`TTFT`, `TPOT`, `E2E`; never one per token) so the web UI shows live figures. Failures fire one
+(`harness.client`), turns the result into a `Record`, spools it, and fires a few Locust events
+(`TTFT`, `TPOT`, `E2E`; never one per token) so the web UI shows live figures. A failure fires one
 `E2E` failure, so Locust's `E2E` request count equals the number of records.
 
-Per process: a `_Harness` state (plan, spool, counters) made lazily on first use, so it works
-before and after `--processes` forks and on workers that receive the plan from the master.
-Records travel worker -> master in `report_to_master`, the master appends them to
-`records.jsonl`; every worker also keeps its own spool in `RUN_DIR/spool/`.
+Per process, a `_Harness` state (plan, sinks, stage clock, arrivals, self-monitoring) is made
+lazily on first use: after `--processes` forks, and on workers after the master's spawn message
+has brought the plan, the start time and the worker list.
+
+Where records go: a single process appends to `RUN_DIR/records.jsonl`; a worker appends to its own
+spool `RUN_DIR/spool/<host>-<pid>.jsonl` and sends new records with each stats report
+(`report_to_master`), and the master appends them to `records.jsonl`. Client self-monitoring
+(`client_metrics.jsonl`: CPU and event-loop lag per process and second) travels the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import gevent
 import orjson
+import psutil
 from gevent import GreenletExit
 from locust import User, events, task
 from locust.env import Environment
@@ -31,6 +36,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from harness.client import ChatResult, Connection, Timeouts, chat_body
 from harness.errors import HarnessError
+from harness.loadplan import Arrivals, Stage, stage_at
 from harness.plan import Plan, read_api_key
 from harness.records import Record, Spool, record_from_result, worker_id
 
@@ -50,42 +56,91 @@ def _add_arguments(parser: Any) -> None:
     parser.add_argument(
         "--run-dir", default="", help="run folder (default results/<run id>)", include_in_web_ui=False
     )
-    parser.add_argument("--harness-plan", default="", help=argparse.SUPPRESS, include_in_web_ui=False)
-    parser.add_argument("--harness-plan-json", default="", help=argparse.SUPPRESS, include_in_web_ui=False)
+    for hidden in ("--harness-plan", "--harness-plan-json", "--harness-t0", "--harness-workers"):
+        parser.add_argument(hidden, default="", help=argparse.SUPPRESS, include_in_web_ui=False)
+
+
+# --- per-process state ---------------------------------------------------------------------
+_env: Environment | None = None
+_plan: Plan | None = None
+_state: _Harness | None = None
+_master_records: Spool | None = None
+_master_client: Spool | None = None
+_master_counts: dict[str, int] = {}
+
+
+def _option(environment: Environment, name: str) -> str:
+    opts = environment.parsed_options
+    return str(vars(opts).get(name) or "") if opts is not None else ""
+
+
+def _plan_of(environment: Environment) -> Plan:
+    """The plan of this run, built once per process: from `harness run` (a path; inline JSON on
+    workers), else from `--scenario`/`--host` for a plain locust run."""
+    global _plan
+    if _plan is None:
+        if text := _option(environment, "harness_plan_json"):
+            _plan = Plan.from_json(text)
+        elif path := _option(environment, "harness_plan"):
+            _plan = Plan.from_json(Path(path).read_bytes())
+        else:
+            from harness.standalone import plan_for_plain_locust
+
+            _plan = plan_for_plain_locust(environment)
+    return _plan
 
 
 class _Harness:
-    """Per-process state: the plan, where records go, and counters."""
+    """Per-process state of a process that runs users."""
 
     def __init__(self, environment: Environment, plan: Plan) -> None:
         self.env = environment
         self.plan = plan
         self.scenario = plan.scenario_obj()
+        self.stages = [Stage(**s) for s in plan.stages]
         self.worker = worker_id()
         self.seq = 0
         self.inflight = 0
         self.user_index = 0
         self._swrr = [0.0] * len(plan.targets)
-        runner = environment.runner
+        self.t0_unix_ns = int(_option(environment, "harness_t0") or time.time_ns())
         run_dir = Path(plan.run_dir)
         if not run_dir.is_dir():  # a worker on another machine: spool locally
             run_dir = Path("results") / plan.run_id
-        self.is_worker = isinstance(runner, WorkerRunner)
+        self.is_worker = isinstance(environment.runner, WorkerRunner)
+        me = self.worker.replace(":", "-")
         if self.is_worker:
-            self.spool = Spool(run_dir / "spool" / f"{self.worker.replace(':', '-')}.jsonl")
+            self.records = Spool(run_dir / "spool" / f"{me}.records.jsonl")
+            self.client_metrics = Spool(run_dir / "spool" / f"{me}.client.jsonl")
         else:
-            self.spool = Spool(run_dir / "records.jsonl")
+            self.records = Spool(run_dir / "records.jsonl")
+            self.client_metrics = Spool(run_dir / "client_metrics.jsonl")
         self.unsent: list[bytes] = []
+        self.unsent_metrics: list[bytes] = []
         t = self.scenario.timeouts
         self.timeouts = Timeouts(t.connect_s, t.first_token_s, t.idle_s, t.total_s)
         self.keys = {i: read_api_key(tg.api_key_env, tg.api_key_file) for i, tg in enumerate(plan.targets)}
-        self._flusher = gevent.spawn(self._flush_loop)
+        self.arrivals = self._arrivals(environment)
+        self._greenlets = [gevent.spawn(self._flush_loop), gevent.spawn(self._monitor_loop)]
 
-    def _flush_loop(self) -> None:
-        while True:
-            gevent.sleep(0.5)
-            self.spool.flush()
+    def _arrivals(self, environment: Environment) -> Arrivals:
+        workers = [w for w in _option(environment, "harness_workers").split(",") if w]
+        runner = environment.runner
+        me = getattr(runner, "client_id", "") if self.is_worker else ""
+        index, count = (workers.index(me), len(workers)) if me in workers else (0, 1)
+        return Arrivals(
+            self.stages, index=index, count=count, seed=f"{self.scenario.seed}:{self.plan.run_id}"
+        )
 
+    # --- clocks and stages
+    def elapsed_s(self) -> float:
+        return (time.time_ns() - self.t0_unix_ns) / 1e9
+
+    def stage(self, at_s: float | None = None) -> Stage:
+        t = self.elapsed_s() if at_s is None else at_s
+        return stage_at(self.stages, t) or (self.stages[-1] if t >= 0 else self.stages[0])
+
+    # --- users over hosts
     def next_target(self) -> int:
         """Smooth weighted round robin: users spread over hosts by weight, deterministically."""
         weights = [t.weight for t in self.plan.targets]
@@ -96,69 +151,84 @@ class _Harness:
         self._swrr[best] -= total
         return best
 
+    # --- outputs
     def emit(self, rec: Record) -> None:
-        line = rec.to_json()
-        self.spool.append(rec)
+        self.records.append(rec)
         if self.is_worker:
-            self.unsent.append(line)
+            self.unsent.append(rec.to_json())
+
+    def _flush_loop(self) -> None:
+        while True:
+            gevent.sleep(0.5)
+            self.records.flush()
+            self.client_metrics.flush()
+
+    def _monitor_loop(self) -> None:
+        """Once a second: this process's CPU and how late the event loop wakes sleepers.
+
+        A loaded gevent loop delays every socket read as much as it delays this sleep, so loop lag
+        bounds the timestamp error of the records taken in the same second."""
+        proc = psutil.Process()
+        proc.cpu_percent(None)
+        tick = 0.05
+        lags: list[float] = []
+        next_report = time.monotonic() + 1.0
+        while True:
+            t = time.perf_counter()
+            gevent.sleep(tick)
+            lags.append(max(0.0, (time.perf_counter() - t - tick) * 1000))
+            if time.monotonic() >= next_report:
+                next_report += 1.0
+                lags.sort()
+                sample = {
+                    "worker": self.worker,
+                    "t_unix_ns": time.time_ns(),
+                    "stage": self.stage().name,
+                    "cpu_percent": proc.cpu_percent(None),
+                    "loop_lag_ms_p50": round(lags[len(lags) // 2], 3),
+                    "loop_lag_ms_p99": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3),
+                    "loop_lag_ms_max": round(lags[-1], 3),
+                    "users": self.env.runner.user_count if self.env.runner else 0,
+                    "inflight": self.inflight,
+                }
+                lags = []
+                self.client_metrics.append(sample)
+                if self.is_worker:
+                    self.unsent_metrics.append(orjson.dumps(sample))
 
     def close(self) -> None:
-        self._flusher.kill(block=False)
-        self.spool.close()
-
-
-_state: _Harness | None = None
-_master_sink: Spool | None = None
-_master_counts: dict[str, int] = {}
-
-
-_plan: Plan | None = None
-
-
-def _plan_from_options(environment: Environment) -> Plan:
-    """The plan of this run: from `harness run` (a path, or inline JSON on workers), else built
-    from `--scenario`/`--host` for a plain locust run. Built once per process."""
-    global _plan
-    if _plan is None:
-        _plan = _load_plan(environment)
-    return _plan
-
-
-def _load_plan(environment: Environment) -> Plan:
-    opts = environment.parsed_options
-    if opts is not None and vars(opts).get("harness_plan_json"):
-        return Plan.from_json(opts.harness_plan_json)
-    if opts is not None and vars(opts).get("harness_plan"):
-        return Plan.from_json(Path(opts.harness_plan).read_bytes())
-    from harness.standalone import plan_for_plain_locust
-
-    return plan_for_plain_locust(environment)
+        for g in self._greenlets:
+            g.kill(block=False)
+        self.records.close()
+        self.client_metrics.close()
 
 
 def state(environment: Environment) -> _Harness:
     global _state
     if _state is None:
-        _state = _Harness(environment, _plan_from_options(environment))
+        _state = _Harness(environment, _plan_of(environment))
     return _state
 
 
+# --- Locust events -------------------------------------------------------------------------
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
-    global _env
+    global _env, _master_records, _master_client
     _env = environment
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
-        runner_report = environment.events.report_to_master
 
-        @runner_report.add_listener
+        @environment.events.report_to_master.add_listener
         def _report(client_id: str, data: dict[str, Any]) -> None:
-            if _state is not None and _state.unsent:
-                data["harness_records"] = _state.unsent
-                _state.unsent = []
+            if _state is not None:
+                if _state.unsent:
+                    data["harness_records"], _state.unsent = _state.unsent, []
+                if _state.unsent_metrics:
+                    data["harness_client"], _state.unsent_metrics = _state.unsent_metrics, []
 
         return
     try:
-        plan = _plan_from_options(environment)
+        plan = _plan_of(environment)
     except HarnessError as exc:
         sys.stderr.write(f"harness: {exc}\n")
         sys.exit(exc.exit_code)
@@ -166,36 +236,44 @@ def _on_init(environment: Environment, **_: Any) -> None:
         # Workers (local or remote) get the plan itself in the spawn message, not a path.
         environment.parsed_options.harness_plan_json = plan.to_json().decode()
     if isinstance(runner, MasterRunner):
-        global _master_sink
-        _master_sink = Spool(Path(plan.run_dir) / "records.jsonl")
+        _master_records = Spool(Path(plan.run_dir) / "records.jsonl")
+        _master_client = Spool(Path(plan.run_dir) / "client_metrics.jsonl")
 
         @environment.events.worker_report.add_listener
         def _collect(client_id: str, data: dict[str, Any]) -> None:
             lines = data.get("harness_records")
-            if lines and _master_sink is not None:
+            if lines and _master_records is not None:
                 for line in lines:
-                    _master_sink.append(orjson.loads(line))
+                    _master_records.append(orjson.loads(line))
                 _master_counts[client_id] = _master_counts.get(client_id, 0) + len(lines)
+            for line in data.get("harness_client") or []:
+                if _master_client is not None:
+                    _master_client.append(orjson.loads(line))
 
 
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_: Any) -> None:
-    if isinstance(environment.runner, WorkerRunner):
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
         return
     opts = environment.parsed_options
-    if opts is not None and vars(opts).get("harness_plan"):
+    if opts is not None:
+        # The stage clock and the open-loop split, sent to workers with the spawn message.
+        first = Stage(**_plan_of(environment).stages[0])
+        # An open-loop first stage starts once its users exist: arrivals due while users are still
+        # spawning would all be late, and that lateness would be the harness's, not the host's.
+        lead_s = min(first.users / first.spawn_rate, 10.0) + 0.5 if first.rate else 0.0
+        opts.harness_t0 = str(time.time_ns() + int(lead_s * 1e9))
+        if isinstance(runner, MasterRunner):
+            opts.harness_workers = ",".join(sorted(w.id for w in runner.clients.all))
+    if _option(environment, "harness_plan"):
         return  # `harness run` did the warm-up before starting Locust
     from harness.warmup import run_warmup
 
-    plan = _plan_from_options(environment)
-    sink = _master_sink if _master_sink is not None else state(environment).spool
-    failed = run_warmup(plan, sink.append)
-    sink.flush()
-    for rec in failed:
+    sink = _master_records if _master_records is not None else state(environment).records
+    for rec in run_warmup(_plan_of(environment), sink.append):
         log.warning("warm-up failed on %s %s: %s %s", rec.host, rec.model, rec.error, rec.error_detail)
-
-
-_env: Environment | None = None
+    sink.flush()
 
 
 @events.quit.add_listener
@@ -206,7 +284,7 @@ def _on_quit(exit_code: int, **_: Any) -> None:
     if env is None or env.runner is None or isinstance(env.runner, WorkerRunner) or _plan is None:
         return
     counts: dict[str, dict[str, int]] = {}
-    for (name, method), entry in env.runner.stats.entries.items():
+    for (_name, method), entry in env.runner.stats.entries.items():
         c = counts.setdefault(method, {"requests": 0, "failures": 0})
         c["requests"] += entry.num_requests
         c["failures"] += entry.num_failures
@@ -218,12 +296,19 @@ def _on_quit(exit_code: int, **_: Any) -> None:
 def _on_quitting(environment: Environment, **_: Any) -> None:
     if _state is not None:
         _state.close()
-    if _master_sink is not None:
-        _master_sink.close()
+    for sink in (_master_records, _master_client):
+        if sink is not None:
+            sink.close()
 
 
+# --- the user ------------------------------------------------------------------------------
 class ChatUser(User):
-    """One user: one connection to one host, one stream at a time (closed loop)."""
+    """One user: one connection to one host, one stream at a time.
+
+    Closed-loop stages: send, wait for the end of the stream (and the think time), send again.
+    Open-loop stages: take the next scheduled arrival of this process, wait for its time, send;
+    when every user is busy an arrival waits, and that wait is recorded as dispatch delay.
+    """
 
     def on_start(self) -> None:
         st = state(self.environment)
@@ -247,8 +332,32 @@ class ChatUser(User):
     @task
     def chat(self) -> None:
         st = self.h
-        sc = st.scenario
-        rq = sc.request
+        stage = st.stage()
+        sched_unix_ns = None
+        if stage.rate:
+            arrival = st.arrivals.next()
+            if arrival is None:  # this process has sent its share; idle until the run ends
+                gevent.sleep(1.0)
+                return
+            at_s, stage = arrival
+            sched_unix_ns = st.t0_unix_ns + int(at_s * 1e9)
+            wait = (sched_unix_ns - time.time_ns()) / 1e9
+            if wait > 0:
+                gevent.sleep(wait)
+        self._send(stage, sched_unix_ns)
+        if self.connect_failures:
+            # A host that is down answers at once; back off (50 ms doubling to 1 s) instead of
+            # hammering it and flooding the records, as any real client would.
+            gevent.sleep(min(1.0, 0.05 * 2 ** (self.connect_failures - 1)))
+        elif not stage.rate:
+            think = st.scenario.load.think_time
+            pause = think if isinstance(think, int | float) else self.rng.uniform(think[0], think[1])
+            if pause:
+                gevent.sleep(pause)
+
+    def _send(self, stage: Stage, sched_unix_ns: int | None) -> None:
+        st = self.h
+        rq = st.scenario.request
         prompt = self.rng.choice(self.prompts)
         model = self.rng.choice(self.target.models)
         mt = prompt.get("max_tokens") or rq.max_tokens
@@ -269,24 +378,23 @@ class ChatUser(User):
         except GreenletExit:
             res.fail("stopped", "run stopped while the request was in flight")
             res.end_ns = time.perf_counter_ns()
-            self._record(res, model, prompt["id"], max_tokens, users)
+            self._record(res, stage, model, prompt["id"], max_tokens, users, sched_unix_ns)
             raise
         finally:
             st.inflight -= 1
-        self._record(res, model, prompt["id"], max_tokens, users)
-        if res.error == "connect":
-            # A host that is down answers at once; back off (50 ms doubling to 1 s) instead of
-            # hammering it and flooding the records, as any real client would.
-            self.connect_failures += 1
-            gevent.sleep(min(1.0, 0.05 * 2 ** (self.connect_failures - 1)))
-            return
-        self.connect_failures = 0
-        think = sc.load.think_time
-        pause = think if isinstance(think, int | float) else self.rng.uniform(think[0], think[1])
-        if pause:
-            gevent.sleep(pause)
+        self.connect_failures = self.connect_failures + 1 if res.error == "connect" else 0
+        self._record(res, stage, model, prompt["id"], max_tokens, users, sched_unix_ns)
 
-    def _record(self, res: ChatResult, model: str, prompt_id: str, max_tokens: int, users: int) -> None:
+    def _record(
+        self,
+        res: ChatResult,
+        stage: Stage,
+        model: str,
+        prompt_id: str,
+        max_tokens: int,
+        users: int,
+        sched: int | None,
+    ) -> None:
         st = self.h
         rec = record_from_result(
             res,
@@ -294,10 +402,10 @@ class ChatUser(User):
             worker=st.worker,
             host=self.target.url,
             model=model,
-            stage=st.plan.stage,
+            stage=stage.name,
             prompt_id=prompt_id,
             warmup=False,
-            sched_unix_ns=None,
+            sched_unix_ns=sched,
             users=users,
             seq=st.seq,
             stream=st.scenario.request.stream,
@@ -308,7 +416,6 @@ class ChatUser(User):
         st.emit(rec)
         fire = self.environment.events.request.fire
         name = f"{model} @ {self.target.label}"
-        exc = None if rec.ok else RuntimeError(f"{rec.error}: {rec.error_detail}")
         tokens = rec.output_tokens or 0
         if rec.ttft_ms is not None:
             fire(
@@ -328,6 +435,7 @@ class ChatUser(User):
                 exception=None,
                 context={},
             )
+        exc = None if rec.ok else RuntimeError(f"{rec.error}: {rec.error_detail}")
         fire(
             request_type="E2E",
             name=name,

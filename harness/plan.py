@@ -66,7 +66,8 @@ class Plan:
     scenario: dict[str, Any]
     targets: list[Target]
     prompts: list[dict[str, Any]]
-    stage: str = "main"
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    """`harness.loadplan.Stage` fields of each stage, in order."""
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)

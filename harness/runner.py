@@ -25,6 +25,7 @@ import orjson
 
 from harness import __version__
 from harness.errors import HarnessError, HostError, InputError
+from harness.loadplan import Stage, stages_for, total_duration
 from harness.plan import Plan, Target, build_targets, new_run_id, prompt_dicts
 from harness.records import Spool, read_records
 from harness.scenario import HostSpec, Scenario
@@ -37,6 +38,7 @@ __all__ = ["DEFAULT_EMBEDDED", "RunOptions", "RunOutcome", "execute_run", "optio
 DEFAULT_EMBEDDED = "sim"
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+LOCUSTFILE_STAGED = Path(__file__).with_name("locustfile_staged.py")
 
 
 @dataclass
@@ -171,30 +173,40 @@ def _manifest(
             for t in targets
         ],
         "connection": opts.scenario.connection,
+        "stages": [s.to_dict() for s in stages_for(opts.scenario.load)],
         "command_line": opts.command_line,
         **extra,
     }
 
 
-def _locust_command(opts: RunOptions, plan_path: Path, run_dir: Path) -> list[str]:
-    sc = opts.scenario
-    load = sc.load
-    spawn_rate = load.spawn_rate or float(load.users)
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
+def _locust_command(opts: RunOptions, plan_path: Path, run_dir: Path, stages: list[Stage]) -> list[str]:
+    load = opts.scenario.load
+    cmd = [sys.executable, "-m", "locust"]
+    if opts.web:
+        # No shape in the web UI: the user moves the user count; the scenario gives the defaults.
+        first = stages[0]
+        cmd += ["-f", str(LOCUSTFILE), "--web-host", opts.web_host, "--web-port", str(opts.web_port)]
+        cmd += ["-u", str(first.users), "-r", f"{first.spawn_rate:g}"]
+    else:
+        cmd += ["-f", str(LOCUSTFILE_STAGED), "--headless", "--only-summary"]
     cmd += ["--harness-plan", str(plan_path), "--run-dir", str(run_dir)]
-    cmd += ["-u", str(load.users), "-r", f"{spawn_rate:g}"]
     cmd += ["--stop-timeout", f"{load.stop_timeout:g}", "--exit-code-on-error", "0", "--loglevel", "WARNING"]
     cmd += ["--csv", str(run_dir / "locust" / "locust"), "--html", str(run_dir / "locust" / "report.html")]
-    if opts.web:
-        cmd += ["--web-host", opts.web_host, "--web-port", str(opts.web_port), "-t", f"{load.duration:g}s"]
-    else:
-        cmd += ["--headless", "-t", f"{load.duration:g}s", "--only-summary"]
     if opts.workers:
         cmd += ["--processes", str(opts.workers)]
     if opts.master:
         cmd += ["--master", "--expect-workers", str(max(1, opts.expect_workers))]
         cmd += ["--master-bind-host", opts.master_bind_host, "--master-bind-port", str(opts.master_bind_port)]
     return cmd
+
+
+def _describe(stages: list[Stage]) -> str:
+    if len(stages) == 1:
+        st = stages[0]
+        what = f"{st.rate:g} requests/s ({st.arrival})" if st.rate else f"{st.users} users"
+        return f"{what} for {st.duration_s:g} s"
+    names = ", ".join(s.name for s in stages[:6]) + (" ..." if len(stages) > 6 else "")
+    return f"{len(stages)} stages ({names}) over {total_duration(stages):g} s"
 
 
 def _run_locust(cmd: list[str], log_path: Path) -> int:
@@ -248,6 +260,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         sc = sc.model_copy(update={"hosts": [HostSpec(embedded=DEFAULT_EMBEDDED)]})
         opts.scenario = sc
     prompts = prompt_dicts(sc, opts.scenario_path.parent if opts.scenario_path else None)
+    stages = stages_for(sc.load)
     run_id = opts.run_id or new_run_id(sc.name)
     run_dir = (opts.out / run_id).resolve()
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -284,6 +297,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
             scenario=sc.model_dump(mode="json"),
             targets=targets,
             prompts=prompts,
+            stages=[s.to_dict() for s in stages],
         )
         plan_path = run_dir / "plan.json"
         plan_path.write_bytes(plan.to_json())
@@ -298,11 +312,12 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         _check_warmup(plan, failed, sc.warmup.requests)
 
         stage = "load"
+        where = f"web UI http://{opts.web_host}:{opts.web_port}, " if opts.web else ""
         sys.stderr.write(
-            f"harness: {sc.load.users} users for {sc.load.duration:g} s against "
-            f"{', '.join(t.label for t in targets)} (run {run_id})\n"
+            f"harness: {where}{_describe(stages)} against {', '.join(t.label for t in targets)} (run {run_id})\n"
         )
-        code = _run_locust(_locust_command(opts, plan_path, run_dir), run_dir / "locust" / "locust.log")
+        command = _locust_command(opts, plan_path, run_dir, stages)
+        code = _run_locust(command, run_dir / "locust" / "locust.log")
         if code == 130:
             problems.append("run interrupted: streams in flight were recorded as `stopped`")
             exit_code = 3

@@ -25,6 +25,8 @@ __all__ = [
     "RequestSpec",
     "Scenario",
     "SloSpec",
+    "StageSpec",
+    "SweepSpec",
     "TimeoutSpec",
     "WarmupSpec",
     "load_prompts_file",
@@ -151,6 +153,57 @@ class RequestSpec(_Model):
         return v
 
 
+class StageSpec(_Model):
+    """One stage of a staged run: closed loop (`users`) or open loop (`rate`)."""
+
+    name: str | None = Field(None, description="label in records and tables (default stage-N)")
+    duration: float = Field(..., gt=0, description="30s, 5m")
+    users: int | None = Field(None, ge=0, description="concurrent users (closed loop)")
+    rate: float | None = Field(None, gt=0, description="requests per second over all workers (open loop)")
+    spawn_rate: float | None = Field(
+        None, gt=0, description="users started per second when the count changes"
+    )
+    trim_s: float = Field(0.0, ge=0, description="seconds at the stage start the report treats as warm-up")
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> StageSpec:
+        if (self.users is None) == (self.rate is None):
+            raise ValueError("give exactly one of `users` (closed loop) and `rate` (open loop)")
+        return self
+
+
+class SweepSpec(_Model):
+    """Concurrencies or rates run one after another as named stages (c=N or rate=R/s)."""
+
+    users: list[int] | None = Field(None, description="concurrencies, e.g. [1, 2, 4, 8]")
+    rates: list[float] | None = Field(None, description="requests per second, e.g. [1, 2, 5]")
+    stage_duration: float = Field(30.0, gt=0, description="length of each step")
+    trim_s: float = Field(
+        5.0, ge=0, description="first seconds of each step treated as warm-up in the report"
+    )
+
+    @field_validator("stage_duration", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _one_list(self) -> SweepSpec:
+        if (self.users is None) == (self.rates is None):
+            raise ValueError("give exactly one of `users` and `rates`")
+        values = self.users if self.users is not None else self.rates
+        if not values or any(v <= 0 for v in values):
+            raise ValueError("the sweep needs a non-empty list of positive values")
+        if self.trim_s >= self.stage_duration:
+            raise ValueError("trim_s must be shorter than stage_duration")
+        return self
+
+
 class LoadSpec(_Model):
     users: int = Field(1, ge=1, description="concurrent users (each one stream at a time)")
     spawn_rate: float | None = Field(
@@ -163,6 +216,11 @@ class LoadSpec(_Model):
     stop_timeout: float = Field(
         0.0, ge=0, description="seconds streams running at the end may take to finish"
     )
+    rate: float | None = Field(None, gt=0, description="open loop: requests per second over all workers")
+    arrival: Literal["poisson", "constant"] = Field("poisson", description="open-loop arrival process")
+    max_in_flight: int = Field(256, ge=1, description="open loop: most streams at once (users carrying arrivals)")
+    stages: list[StageSpec] | None = Field(None, description="ramp, steps, spike, soak: stages back to back")
+    sweep: SweepSpec | None = Field(None, description="concurrencies or rates one after another")
 
     @field_validator("duration", "stop_timeout", mode="before")
     @classmethod
@@ -176,6 +234,14 @@ class LoadSpec(_Model):
         if lo < 0 or hi < lo:
             raise ValueError("must be >= 0, or [lo, hi] with 0 <= lo <= hi")
         return v
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> LoadSpec:
+        if self.stages is not None and self.sweep is not None:
+            raise ValueError("give `stages` or `sweep`, not both")
+        if self.stages is not None and not self.stages:
+            raise ValueError("`stages` must not be empty")
+        return self
 
 
 class WarmupSpec(_Model):

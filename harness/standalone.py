@@ -11,6 +11,7 @@ from pathlib import Path
 from locust.env import Environment
 
 from harness.errors import InputError
+from harness.loadplan import stages_for
 from harness.plan import Plan, build_targets, new_run_id, prompt_dicts
 from harness.scenario import HostSpec, load_scenario
 
@@ -42,6 +43,7 @@ def plan_for_plain_locust(environment: Environment) -> Plan:
         scenario=scenario.model_dump(mode="json"),
         targets=build_targets(scenario, {}),
         prompts=prompt_dicts(scenario, path.parent if path else None),
+        stages=[s.to_dict() for s in stages_for(scenario.load)],
     )
     (run_dir / "plan.json").write_bytes(plan.to_json())
     return plan

@@ -90,7 +90,7 @@ def test_run_with_local_workers_and_embedded_host(tmp_path: Path) -> None:
     measured = check_counts(run_dir)
     workers = {r["worker"] for r in measured}
     assert len(workers) == 2, "both worker processes sent load"
-    spooled = sum(len(p.read_bytes().splitlines()) for p in (run_dir / "spool").glob("*.jsonl"))
+    spooled = sum(len(p.read_bytes().splitlines()) for p in (run_dir / "spool").glob("*.records.jsonl"))
     assert spooled == len(measured), "each worker's spool holds what the master wrote"
     assert all(r["ok"] for r in measured), "stop_timeout lets running streams finish"
     assert {r["max_tokens"] for r in measured} != {measured[0]["max_tokens"]}, "lengths vary per request"

@@ -1,0 +1,6 @@
+"""The locustfile `harness run` hands to Locust for headless runs: users plus the stages shape."""
+
+from harness.locust_shape import StagesShape
+from harness.locust_users import ChatUser
+
+__all__ = ["ChatUser", "StagesShape"]

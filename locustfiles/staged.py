@@ -1,0 +1,9 @@
+"""Like chat.py, but the scenario's `load` section drives the users (stages, sweeps, open loop):
+
+locust -f locustfiles/staged.py --headless --scenario scenarios/sweep.yaml --host http://127.0.0.1:5273/v1
+"""
+
+from harness.locust_shape import StagesShape
+from harness.locust_users import ChatUser
+
+__all__ = ["ChatUser", "StagesShape"]
