@@ -187,6 +187,19 @@ def test_repeated_model_dirs_with_ids() -> None:
         assert h.stop() == 0
 
 
+def test_reused_app_dir_serves_only_this_run(tmp_path: Path) -> None:
+    app = ["--app-dir", str(tmp_path / "app")]
+    first = start_foundry_host(extra_args=app)
+    assert first.stop() == 0
+    second = start_foundry_host([default_model_dir()], model_ids=["again-generic-cpu:1"], extra_args=app)
+    try:
+        _, body = request(second.base_url, "GET", "/models")
+        assert [m["id"] for m in json.loads(body)["data"]] == ["again-generic-cpu:1"]
+    finally:
+        assert second.stop() == 0
+    assert (tmp_path / "app" / "logs").is_dir()  # a given app dir is kept
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -133,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="DIR",
         help="Foundry Local app data, logs and registrations (default: a fresh temporary folder, "
-        "removed at exit, so registrations never collide)",
+        "removed at exit); local models an earlier run registered there are unregistered at start",
     )
     parser.add_argument(
         "--log-level",
@@ -225,13 +225,23 @@ def _local_models(args: argparse.Namespace) -> list[_LocalModel]:
     return out
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+def _bind_url(host: str, port: int) -> str:
+    """The URL to bind, as the native web server parses it: IPv6 hosts without brackets."""
+    return f"http://{host.strip('[]')}:{port}"
 
 
 def _client_url(url: str) -> str:
-    """The bound URL as a client on this machine reaches it (wildcard binds -> loopback)."""
-    return url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
+    """A bound URL as a client on this machine reaches it: wildcard binds become loopback, and
+    IPv6 hosts get the brackets a URL needs (the service reports `http://::1:PORT`)."""
+    m = re.fullmatch(r"(https?://)(.+):(\d+)(/.*)?", url.rstrip("/"))
+    if not m:
+        return url.rstrip("/")
+    scheme, host, port, _ = m.groups()
+    host = host.strip("[]")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}{host}:{port}"
 
 
 def _quiet_sdk_logging() -> None:
@@ -299,7 +309,7 @@ def serve(args: argparse.Namespace) -> int:
                 log_level=getattr(
                     fl.LogLevel, {"info": "INFORMATION"}.get(args.log_level, args.log_level.upper())
                 ),
-                web=fl.Configuration.WebService(urls=f"http://{_url_host(args.host)}:{args.port}"),
+                web=fl.Configuration.WebService(urls=_bind_url(args.host, args.port)),
                 disable_nonessential_telemetry=True,
                 catalog_urls=catalog_urls,
             )
@@ -321,11 +331,13 @@ def serve(args: argparse.Namespace) -> int:
                     raise HostError(
                         f"foundry host: port {args.port} on {args.host} is in use ({msg})"
                     ) from exc
-                raise HarnessError(f"foundry host failed to start: {msg} (logs: {app_dir / 'logs'})") from exc
-            urls = list(mgr.urls or [])
+                # A temporary app dir is gone at exit; the native log also went to stderr.
+                where = "" if owns_app_dir else f" (logs: {app_dir / 'logs'})"
+                raise HarnessError(f"foundry host failed to start: {msg}{where}") from exc
+            urls = [_client_url(u) for u in mgr.urls or []]
             if not urls:
                 raise HarnessError("foundry host started but reports no URL")
-            base_url = _client_url(urls[0]).rstrip("/") + prefix
+            base_url = urls[0] + prefix
             print_ready(
                 base_url,
                 ids,
@@ -337,7 +349,6 @@ def serve(args: argparse.Namespace) -> int:
             )
             while not stop.wait(0.5):
                 pass
-            log.info("stopping")
             return 0
     finally:
         if mgr is not None:
@@ -352,12 +363,15 @@ def serve(args: argparse.Namespace) -> int:
 
 def _register_local(fl: Any, mgr: Any, models: Sequence[_LocalModel]) -> list[str]:
     catalog = mgr.get_catalog(fl.CatalogType.LOCAL)
+    # Registrations persist in the app folder (cache/foundry.local.modelinfo.json): with a reused
+    # --app-dir an earlier run's entries would collide with ours, or be listed under /models
+    # beside them. This host serves exactly what it was asked to, so it clears them all.
+    for listed in catalog.list_models():
+        for variant in listed.variants or [listed]:
+            with contextlib.suppress(Exception):
+                catalog.unregister_model(variant.id)
     ids: list[str] = []
     for m in models:
-        # Registrations persist in the app data folder: a second start with the same --app-dir
-        # would collide with the first one's entry.
-        with contextlib.suppress(Exception):
-            catalog.unregister_model(m.model_id)
         with fl.ModelInfoBuilder() as info:
             info.set_string_property("task", "chat-completion")
             info.set_string_property("display_name", m.path.name)
