@@ -35,7 +35,7 @@ from harness.warmup import run_warmup
 __all__ = ["DEFAULT_EMBEDDED", "RunOptions", "RunOutcome", "execute_run", "options_to_flags"]
 
 #: What `harness run` starts when the scenario names no host.
-DEFAULT_EMBEDDED = "sim"
+DEFAULT_EMBEDDED = "foundry"
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 LOCUSTFILE_STAGED = Path(__file__).with_name("locustfile_staged.py")
