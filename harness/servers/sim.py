@@ -39,9 +39,10 @@ connects are refused in that window (open connections go on).
 Speed: pure asyncio protocols with a small hand-written HTTP/1.1 parser. Every timed action sits on
 one heap woken by a Linux timerfd, because epoll (and libuv) round timeouts up to whole
 milliseconds; everything due by the time it wakes is written in one pass, and scheduling a token
-allocates nothing the garbage collector tracks. Measured here (benchmarks/bench_sim.py): about
-9-14 µs of CPU per token event, 49k events/s from 500 streams at ~65% of one core, over 100k/s
-flat out; timer lateness p99 ~0.25 ms. uvloop was measured and gained nothing.
+allocates nothing the garbage collector tracks. Measured here (benchmarks/bench_sim.py --rt, one
+core each for server and client): 19.8k token events/s from 200 streams at ~45% of a core with
+TTFT and lateness error p99 ~0.4 ms; 49k/s from 500 streams at ~75%; ~105k/s flat out. uvloop was
+measured and gained nothing, so it is not used.
 """
 
 from __future__ import annotations
@@ -74,21 +75,22 @@ from harness.servers.ready import install_stop_handlers, print_ready
 __all__ = ["DEFAULT_MODELS", "FAULT_KINDS", "SimConfig", "SimServer", "add_arguments", "serve"]
 
 DEFAULT_MODELS = ("qwen2.5-0.5b-instruct-generic-cpu:4", "phi-4-mini-instruct-generic-cpu:1")
+_FAULT_HELP = {
+    "refuse": "reset the connection (SO_LINGER 0) before reading it; drawn per connection",
+    "500": "JSON error 500",
+    "429": "JSON error 429 with Retry-After",
+    "404": "JSON 404 model not found",
+    "empty-body": "200 with an empty body",
+    "slow-headers": "start the whole response --slow-headers-ms late",
+    "drop": "close mid-stream after some tokens, without finish chunk or chunked terminator",
+    "bad-event": "one event that is not JSON mid-stream, then the rest",
+    "stall": "silence for --stall-s after the first token",
+    "no-usage": "no usage chunk even when asked",
+    "split": "every write in pieces 1 ms apart, cut inside chunk-size lines, CRLFs and blank lines",
+    "content-type": "Content-Type application/json over an SSE body",
+}
 #: The fault kinds, in the order they are drawn; `SimConfig.fault_<kind with _>` holds each probability.
-FAULT_KINDS = (
-    "refuse",
-    "500",
-    "429",
-    "404",
-    "empty-body",
-    "slow-headers",
-    "drop",
-    "bad-event",
-    "stall",
-    "no-usage",
-    "split",
-    "content-type",
-)
+FAULT_KINDS = tuple(_FAULT_HELP)
 _WHOLE_REPLY_FAULTS = ("500", "429", "404", "empty-body")
 
 _WORD_RE = re.compile(r"\s*\S+")  # a token: a word with the white space before it
@@ -266,9 +268,6 @@ class _Timers:
             self._handle = self._loop.call_later(delay, self._fire)
 
     def _fire(self) -> None:
-        if self._tfd is not None:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._tfd.fd, 8)
         self._armed = 0
         self._firing = True
         heap, callbacks, free = self._heap, self._callbacks, self._free
@@ -290,7 +289,10 @@ class _Timers:
         finally:
             self._firing = False
             if heap:
-                self._arm(heap[0] >> _SLOT_BITS)
+                self._arm(heap[0] >> _SLOT_BITS)  # re-arming also clears the timerfd's readiness
+            elif self._tfd is not None:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._tfd.fd, 8)
 
     def close(self) -> None:
         self._heap.clear()
@@ -1148,7 +1150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g = parser.add_argument_group("faults (probability per request, 0..1)")
     for kind in FAULT_KINDS:
-        g.add_argument(f"--fault-{kind}", type=_probability, default=0.0, metavar="P")
+        g.add_argument(f"--fault-{kind}", type=_probability, default=0.0, metavar="P", help=_FAULT_HELP[kind])
     g.add_argument(
         "--retry-after-s", type=float, default=d.retry_after_s, help="Retry-After of a 429 (default 1)"
     )
