@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -275,13 +276,15 @@ def test_no_outbound_connection_attempts(tmp_path: Path) -> None:
     trace_file = tmp_path / "connect.trace"
     cmd = [strace, "-f", "-qq", "-e", "trace=connect", "-o", str(trace_file)]
     cmd += [sys.executable, "-m", "harness", "serve", "foundry", "--port", "0"]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-    )
+    err_path = tmp_path / "host.log"  # a file, so a chatty native log never fills a pipe
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
     try:
         assert proc.stdout is not None
+        ready_in_time, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready_in_time, "no ready line within 60 s under strace"
         line = proc.stdout.readline()  # the ready line (the SDK logs to stderr)
-        assert line, (proc.stderr.read() if proc.stderr else b"").decode()[-2000:]
+        assert line, err_path.read_text(errors="replace")[-2000:]
         ready = json.loads(line)
         base = ready["base_url"]
         root = base.rsplit("/catalogs/", 1)[0]
