@@ -20,6 +20,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("urls", nargs="*", metavar="URL", help="base URLs (default: discover Foundry Local)")
     p.add_argument("--model", help="model (id or alias) for the chat check (default: the host's first)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per step (default 10)")
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="also compare connection policies (reuse, new, reuse-quickack) with a few streams each",
+    )
+    p.add_argument("--requests", type=int, default=8, help="streams per policy for --probe (default 8)")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per stream for --probe (default 64)")
     p.set_defaults(func=run)
 
 
@@ -71,4 +78,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"  chat ({model}): {res.error}: {res.error_detail}")
             failures += 1
+            continue
+        if args.probe:
+            from harness.probe import format_probe, probe_policies
+
+            print(f"  connection policies ({args.requests} streams of {args.max_tokens} tokens each):")
+            print(
+                format_probe(
+                    probe_policies(
+                        info.url, model, requests=args.requests, max_tokens=args.max_tokens, timeouts=t
+                    )
+                )
+            )
     return 2 if failures == len(urls) else 0

@@ -1,0 +1,104 @@
+"""A connection-policy probe: the same requests over `reuse`, `new` and `reuse-quickack`, side by side.
+
+A server that leaves Nagle's algorithm on (Foundry Local's web service does) holds each small write
+until the client's ACK; a client that reuses connections and delays its ACKs then sees the first
+token ~40 ms late and the tokens in one burst. The probe shows, before a test, how much of what a
+user will measure belongs to the connection rather than to the model.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from harness.client import CONNECTION_POLICIES, Connection, Timeouts, chat_body
+
+__all__ = ["PolicyFigures", "format_probe", "probe_policies"]
+
+
+@dataclass
+class PolicyFigures:
+    policy: str
+    requests: int
+    ok: int
+    ttfb_ms_p50: float | None
+    ttft_ms_p50: float | None
+    tpot_ms_p50: float | None
+    tokens_per_read_p50: float | None
+    connect_ms_p50: float | None
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def probe_policies(
+    url: str,
+    model: str,
+    *,
+    requests: int = 8,
+    max_tokens: int = 64,
+    api_key: str | None = None,
+    timeouts: Timeouts | None = None,
+) -> list[PolicyFigures]:
+    """Send `requests` streams per policy (after one unmeasured request each) and summarise."""
+    out = []
+    body = chat_body(
+        model, [{"role": "user", "content": "Count slowly."}], max_tokens=max_tokens, temperature=0
+    )
+    for policy in CONNECTION_POLICIES:
+        conn = Connection(url, policy=policy, timeouts=timeouts, api_key=api_key)
+        try:
+            conn.chat(body)  # opens the connection; keep-alive policies measure reused ones after it
+            results = [conn.chat(body) for _ in range(requests)]
+        finally:
+            conn.close()
+        ok = [r for r in results if r.ok and r.first_token_ns is not None]
+        out.append(
+            PolicyFigures(
+                policy=policy,
+                requests=len(results),
+                ok=len(ok),
+                ttfb_ms_p50=_median([(r.first_byte_ns - r.sent_ns) / 1e6 for r in ok if r.first_byte_ns]),
+                ttft_ms_p50=_median([(r.first_token_ns - r.sent_ns) / 1e6 for r in ok if r.first_token_ns]),
+                tpot_ms_p50=_median(
+                    [
+                        (r.last_token_ns - r.first_token_ns) / 1e6 / (r.content_events - 1)
+                        for r in ok
+                        if r.last_token_ns and r.first_token_ns and r.content_events > 1
+                    ]
+                ),
+                tokens_per_read_p50=_median(
+                    [r.content_events / r.content_reads for r in ok if r.content_reads]
+                ),
+                connect_ms_p50=_median([r.connect_ns / 1e6 for r in ok if r.connect_ns is not None]),
+            )
+        )
+    return out
+
+
+def format_probe(figures: list[PolicyFigures]) -> str:
+    def f(v: float | None, unit: str = "") -> str:
+        return "-" if v is None else f"{v:.2f}{unit}"
+
+    lines = [
+        f"  {'policy':<16}{'ok':>6}{'TTFB p50':>11}{'TTFT p50':>11}{'TPOT p50':>11}{'tok/read':>10}{'connect':>10}"
+    ]
+    for p in figures:
+        lines.append(
+            f"  {p.policy:<16}{p.ok:>3}/{p.requests:<2}{f(p.ttfb_ms_p50):>11}{f(p.ttft_ms_p50):>11}"
+            f"{f(p.tpot_ms_p50):>11}{f(p.tokens_per_read_p50):>10}{f(p.connect_ms_p50):>10}"
+        )
+    by = {p.policy: p for p in figures}
+    reuse, quick = by.get("reuse"), by.get("reuse-quickack")
+    if reuse and quick and reuse.ttft_ms_p50 is not None and quick.ttft_ms_p50 is not None:
+        diff = reuse.ttft_ms_p50 - quick.ttft_ms_p50
+        lines.append(f"  reuse - reuse-quickack: TTFT {diff:+.2f} ms")
+        if diff > 20 and (reuse.tokens_per_read_p50 or 0) >= 4:
+            lines.append(
+                "  -> the server holds small writes until ACK (Nagle): clients that reuse connections "
+                f"see about +{diff:.0f} ms to first token and tokens in bursts"
+            )
+        elif abs(diff) < 2:
+            lines.append("  -> the connection policy does not change what this host's clients see")
+    return "\n".join(lines)
