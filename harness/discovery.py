@@ -51,6 +51,10 @@ def loaded_models(info: HostInfo, *, timeout_s: float = 10.0) -> list[str] | Non
     path = {"foundry": "/models/loaded", "foundry-legacy": "/openai/loadedmodels"}.get(info.flavour)
     if path is None:
         return None
+    # Local-catalog models are served under /catalogs/<name>/, their loaded list too.
+    prefix = urlsplit(info.url).path.rsplit("/v1", 1)[0]
+    if prefix.startswith("/catalogs/"):
+        path = prefix + path
     import orjson
 
     conn = Connection(_root(info.url), timeouts=Timeouts(timeout_s, timeout_s, timeout_s, timeout_s))

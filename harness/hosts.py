@@ -63,10 +63,16 @@ def probe_host(url: str, *, timeout_s: float = 5.0, api_key: str | None = None) 
     t = Timeouts(connect_s=timeout_s, first_token_s=timeout_s, idle_s=timeout_s, total_s=timeout_s * 2)
     conn = Connection(url, policy="reuse", timeouts=t, api_key=api_key)
     try:
-        try:
-            status, obj = _get_json(conn, "/models")
-        except OSError as exc:
-            raise HostError(f"host {url}: not reachable ({_reason(exc)})") from None
+        for attempt in range(3):
+            try:
+                status, obj = _get_json(conn, "/models")
+                break
+            except ConnectionRefusedError as exc:
+                raise HostError(f"host {url}: not reachable ({_reason(exc)})") from None
+            except OSError as exc:
+                # A reset or a dropped connection may be a passing fault: ask again, twice.
+                if attempt == 2:
+                    raise HostError(f"host {url}: not reachable ({_reason(exc)})") from None
         if status != 200 or not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
             raise HostError(
                 f"host {url}: GET {url}/models answered HTTP {status} without a JSON model list; "

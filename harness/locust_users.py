@@ -358,6 +358,7 @@ class ChatUser(User):
     def _send(self, stage: Stage, sched_unix_ns: int | None) -> None:
         st = self.h
         rq = st.scenario.request
+        retry = st.scenario.retry
         prompt = self.rng.choice(self.prompts)
         model = self.rng.choice(self.target.models)
         mt = prompt.get("max_tokens") or rq.max_tokens
@@ -370,20 +371,32 @@ class ChatUser(User):
             stream=rq.stream,
             extra=rq.extra,
         )
-        res = ChatResult()
-        users = st.env.runner.user_count if st.env.runner else 0
-        st.inflight += 1
-        try:
-            self.conn.chat(body, stream=rq.stream, keep_text=rq.keep_text, result=res)
-        except GreenletExit:
-            res.fail("stopped", "run stopped while the request was in flight")
-            res.end_ns = time.perf_counter_ns()
-            self._record(res, stage, model, prompt["id"], max_tokens, users, sched_unix_ns)
-            raise
-        finally:
-            st.inflight -= 1
-        self.connect_failures = self.connect_failures + 1 if res.error == "connect" else 0
-        self._record(res, stage, model, prompt["id"], max_tokens, users, sched_unix_ns)
+        prev_seq: int | None = None
+        for attempt in range(retry.max_retries + 1):
+            res = ChatResult()
+            users = st.env.runner.user_count if st.env.runner else 0
+            st.inflight += 1
+            try:
+                self.conn.chat(body, stream=rq.stream, keep_text=rq.keep_text, result=res)
+            except GreenletExit:
+                res.fail("stopped", "run stopped while the request was in flight")
+                res.end_ns = time.perf_counter_ns()
+                self._record(
+                    res, stage, model, prompt["id"], max_tokens, users, sched_unix_ns, attempt, prev_seq
+                )
+                raise
+            finally:
+                st.inflight -= 1
+            self.connect_failures = self.connect_failures + 1 if res.error == "connect" else 0
+            prev_seq = self._record(
+                res, stage, model, prompt["id"], max_tokens, users, sched_unix_ns, attempt, prev_seq
+            )
+            if res.error != "http_429" or retry.on_429 != "retry" or attempt == retry.max_retries:
+                return
+            # Every attempt was sent, so every attempt is a record; the retry honours Retry-After.
+            wait = res.retry_after_s if res.retry_after_s is not None else retry.backoff_s * 2**attempt
+            gevent.sleep(min(wait, retry.max_backoff_s))
+            sched_unix_ns = None
 
     def _record(
         self,
@@ -394,7 +407,10 @@ class ChatUser(User):
         max_tokens: int,
         users: int,
         sched: int | None,
-    ) -> None:
+        attempt: int = 0,
+        retry_of: int | None = None,
+    ) -> int:
+        """Write the record and fire the Locust events; returns the record's seq."""
         st = self.h
         rec = record_from_result(
             res,
@@ -412,35 +428,27 @@ class ChatUser(User):
             max_tokens=max_tokens,
             connection=st.scenario.connection,
         )
+        if attempt:
+            rec.extra["attempt"] = attempt
+            rec.extra["retry_of"] = retry_of
         st.seq += 1
         st.emit(rec)
         fire = self.environment.events.request.fire
         name = f"{model} @ {self.target.label}"
         tokens = rec.output_tokens or 0
-        if rec.ttft_ms is not None:
-            fire(
-                request_type="TTFT",
-                name=name,
-                response_time=rec.ttft_ms,
-                response_length=tokens,
-                exception=None,
-                context={},
-            )
-        if rec.tpot_ms is not None and rec.ok:
-            fire(
-                request_type="TPOT",
-                name=name,
-                response_time=rec.tpot_ms,
-                response_length=tokens,
-                exception=None,
-                context={},
-            )
-        exc = None if rec.ok else RuntimeError(f"{rec.error}: {rec.error_detail}")
-        fire(
-            request_type="E2E",
-            name=name,
-            response_time=rec.e2e_ms or 0.0,
-            response_length=tokens,
-            exception=exc,
-            context={},
-        )
+        failure = None if rec.ok else RuntimeError(f"{rec.error}: {rec.error_detail}")
+        for kind, ms, exc in (
+            ("TTFT", rec.ttft_ms, None),
+            ("TPOT", rec.tpot_ms if rec.ok else None, None),
+            ("E2E", rec.e2e_ms or 0.0, failure),
+        ):
+            if ms is not None:
+                fire(
+                    request_type=kind,
+                    name=name,
+                    response_time=ms,
+                    response_length=tokens,
+                    exception=exc,
+                    context={},
+                )
+        return rec.seq

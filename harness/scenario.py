@@ -23,6 +23,7 @@ __all__ = [
     "LoadSpec",
     "Prompt",
     "RequestSpec",
+    "RetrySpec",
     "Scenario",
     "SloSpec",
     "StageSpec",
@@ -218,7 +219,9 @@ class LoadSpec(_Model):
     )
     rate: float | None = Field(None, gt=0, description="open loop: requests per second over all workers")
     arrival: Literal["poisson", "constant"] = Field("poisson", description="open-loop arrival process")
-    max_in_flight: int = Field(256, ge=1, description="open loop: most streams at once (users carrying arrivals)")
+    max_in_flight: int = Field(
+        256, ge=1, description="open loop: most streams at once (users carrying arrivals)"
+    )
     stages: list[StageSpec] | None = Field(None, description="ramp, steps, spike, soak: stages back to back")
     sweep: SweepSpec | None = Field(None, description="concurrencies or rates one after another")
 
@@ -255,6 +258,18 @@ class TimeoutSpec(_Model):
     total_s: float = Field(600.0, gt=0)
 
 
+class RetrySpec(_Model):
+    """What a user does when the host answers 429 Too Many Requests."""
+
+    on_429: Literal["count", "retry"] = Field(
+        "count",
+        description="count: record it and go on; retry: wait (Retry-After, else backoff) and send again",
+    )
+    max_retries: int = Field(3, ge=0, description="retries of one request before giving up")
+    backoff_s: float = Field(0.5, gt=0, description="first wait when the host gives no Retry-After; doubles")
+    max_backoff_s: float = Field(30.0, gt=0)
+
+
 class SloSpec(_Model):
     ttft_ms: float | None = Field(None, gt=0)
     tpot_ms: float | None = Field(None, gt=0)
@@ -283,6 +298,7 @@ class Scenario(_Model):
     warmup: WarmupSpec = Field(default_factory=WarmupSpec)
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
     slo: SloSpec = Field(default_factory=SloSpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
     connection: ConnectionPolicy = "reuse-quickack"
     seed: int = Field(0, description="seeds prompt order and lengths: same seed, same request sequence")
 
