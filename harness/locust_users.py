@@ -23,6 +23,8 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,11 @@ from harness.loadplan import Arrivals, Stage, stage_at
 from harness.plan import Plan, read_api_key
 from harness.records import Record, Spool, record_from_result, worker_id
 
-__all__ = ["ChatUser"]
+__all__ = ["RECORD_OBSERVERS", "ChatUser"]
+
+#: Called with every measured record (as a dict) in the process that sees them all: the single
+#: process of a local run, or the master. The web UI's live LLM figures subscribe here.
+RECORD_OBSERVERS: list[Callable[[dict[str, Any]], None]] = []
 
 log = logging.getLogger("harness")
 
@@ -156,6 +162,8 @@ class _Harness:
         self.records.append(rec)
         if self.is_worker:
             self.unsent.append(rec.to_json())
+        elif RECORD_OBSERVERS:
+            _notify(asdict(rec))
 
     def _flush_loop(self) -> None:
         while True:
@@ -210,6 +218,14 @@ def state(environment: Environment) -> _Harness:
     return _state
 
 
+def _notify(record: dict[str, Any]) -> None:
+    for observer in RECORD_OBSERVERS:
+        try:
+            observer(record)
+        except Exception:  # an observer's bug must never cost a record
+            log.exception("record observer failed")
+
+
 # --- Locust events -------------------------------------------------------------------------
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
@@ -244,7 +260,9 @@ def _on_init(environment: Environment, **_: Any) -> None:
             lines = data.get("harness_records")
             if lines and _master_records is not None:
                 for line in lines:
-                    _master_records.append(orjson.loads(line))
+                    obj = orjson.loads(line)
+                    _master_records.append(obj)
+                    _notify(obj)
                 _master_counts[client_id] = _master_counts.get(client_id, 0) + len(lines)
             for line in data.get("harness_client") or []:
                 if _master_client is not None:
