@@ -1,0 +1,73 @@
+"""`harness report RUN_DIR...`: merge run folders into tables and reports (`harness.report.build`).
+
+Prints the compact table, then, as its last line, the folder the files went to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "split_list"]
+
+BY_KEYS = "run, host, model, stage, prompt_id, worker, connection"
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="merge run folders into tables and reports (md, csv, html, json)",
+        description="Merge one or more run folders into tables and reports. Percentiles are computed once "
+        "over the merged raw records; warm-up records and each stage's first and last seconds are excluded.",
+    )
+    p.add_argument(
+        "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folder(s) holding records.jsonl"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder to write into (default: the run folder when one is given, else results/report-<UTC time>)",
+    )
+    p.add_argument(
+        "--format",
+        default="md,csv,html,json",
+        help="comma-separated formats: md, csv, html, json (default: all)",
+    )
+    p.add_argument("--by", help=f"comma-separated group keys from {BY_KEYS} (default: run,host,model,stage)")
+    p.add_argument(
+        "--trim-s",
+        type=float,
+        help="seconds dropped at each end of every stage, by send time (default: automatic, 0 for stages under "
+        "3 s, else min(5 s, 10%% of the stage); 0: keep everything)",
+    )
+    p.set_defaults(func=run)
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """`a,b` -> ["a", "b"]; None stays None (the default)."""
+    return None if value is None else [v.strip() for v in value.split(",")]
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.report import build
+
+    out = args.out
+    if out is None:
+        out = args.run_dirs[0] if len(args.run_dirs) == 1 else default_out_dir("report")
+    report = build(
+        args.run_dirs, out, formats=split_list(args.format) or [], by=split_list(args.by), trim_s=args.trim_s
+    )
+    for warning in report.warnings:
+        print(f"harness: warning: {warning}", file=sys.stderr)
+    print(report.console_table())
+    print(f"wrote {', '.join(p.name for p in report.files)}")
+    print(out)
+    return 0
+
+
+def default_out_dir(kind: str) -> Path:
+    """`results/<kind>-<UTC time>` for outputs that merge several runs."""
+    return Path("results") / f"{kind}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"

@@ -1,0 +1,212 @@
+"""`build()`: run folders in, `summary.json` dict and report files out.
+
+Owns the order of the report's steps (load -> select measured -> summarize -> write) and the shape of
+`summary.json`; the steps themselves live in `load`, `measured`, `aggregate` and `writers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.errors import InputError
+from harness.report.aggregate import DEFAULT_BY, Row, Summarizer, check_by
+from harness.report.load import Dataset, load_runs
+from harness.report.measured import Selection, select
+from harness.report.tables import Table, build_tables, format_value, host_label
+
+__all__ = ["FORMATS", "SCHEMA_VERSION", "Report", "ReportContext", "build", "check_formats", "make_out_dir"]
+
+FORMATS = ("md", "csv", "html", "json")
+SCHEMA_VERSION = 1
+HOST_MODEL = ("host", "model")
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """Everything a writer may render: the summary, its tables, and the records for plots."""
+
+    summary: dict[str, Any]
+    tables: list[Table]
+    dataset: Dataset
+    summarizer: Summarizer
+    stage_rows: list[Row]
+    """Rows per (run, host, model, stage), for latency-against-throughput curves."""
+
+
+@dataclass
+class Report:
+    """What `build` made: `summary` is the `summary.json` dict; `files` what was written."""
+
+    summary: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.summary["warnings"])
+
+    def console_table(self) -> str:
+        """A compact fixed-width table per host and model, for a terminal."""
+        columns = (
+            ("requests", "req", "int"),
+            ("failed", "err", "int"),
+            ("ttft_ms_p50", "TTFT p50", "float"),
+            ("ttft_ms_p95", "p95", "float"),
+            ("ttft_ms_p99", "p99", "float"),
+            ("tpot_ms_p50", "TPOT p50", "float"),
+            ("e2e_ms_p95", "E2E p95", "float"),
+            ("output_tokens_per_s", "out tok/s", "float"),
+            ("requests_per_s", "req/s", "float"),
+        )
+        rows = self.summary["by_host_model"]
+        body = [
+            [
+                host_label(r["key"]["host"]),
+                r["key"]["model"],
+                *(format_value(r.get(k), kind) for k, _, kind in columns),
+            ]
+            for r in rows
+        ]
+        if len(rows) > 1:
+            overall = self.summary["overall"]
+            body.append(["all", "", *(format_value(overall.get(k), kind) for k, _, kind in columns)])
+        header = ["host", "model", *(h for _, h, _ in columns)]
+        widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+        lines = [
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
+            for line in [header, *body]
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join([*lines, "(latencies in ms; output tokens/s and requests/s of successful requests)"])
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(f.strip() for f in formats if f.strip()))
+    unknown = [f for f in names if f not in FORMATS]
+    if unknown or not names:
+        raise InputError(
+            f"--format: unknown format {', '.join(unknown) or '(none given)'}; expected any of {', '.join(FORMATS)}"
+        )
+    return names
+
+
+def build(
+    run_dirs: Sequence[Path],
+    out_dir: Path,
+    *,
+    formats: Sequence[str] = FORMATS,
+    by: Sequence[str] | None = None,
+    trim_s: float | None = None,
+) -> Report:
+    """Merge run folders into one report written to `out_dir`.
+
+    `by`: group keys (default run, host, model, stage); `trim_s`: seconds dropped at each end of every
+    (run, stage), None for automatic (see `measured.default_trim_s`), 0 for none.
+    """
+    from harness.report.writers import WRITERS
+
+    names = check_formats(formats)
+    keys = check_by(by)
+    if trim_s is not None and not trim_s >= 0:
+        raise InputError(f"--trim-s: {trim_s} is not a number of seconds ≥ 0")
+    ds = load_runs([Path(d) for d in run_dirs])
+    selection = select(ds, trim_s)
+    summarizer = Summarizer(ds)
+    groups, overall = summarizer.groups_and_overall(keys)
+    by_host_model = groups if keys == HOST_MODEL else summarizer.groups(HOST_MODEL, itl=False)
+    stage_rows = groups if keys == DEFAULT_BY else summarizer.groups(DEFAULT_BY, itl=False)
+    summary = _summary(ds, selection, keys, groups, overall, by_host_model)
+    ctx = ReportContext(summary, build_tables(summary), ds, summarizer, stage_rows)
+    make_out_dir(out_dir)
+    report = Report(summary)
+    for name in names:
+        report.files += WRITERS[name](ctx, out_dir)
+    return report
+
+
+def make_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {out_dir}: cannot create this folder ({exc.strerror or exc})") from exc
+
+
+def _summary(
+    ds: Dataset,
+    selection: Selection,
+    by: Sequence[str],
+    groups: list[Row],
+    overall: Row,
+    by_host_model: list[Row],
+) -> dict[str, Any]:
+    warnings = [
+        f"{run.dir / 'records.jsonl'}: skipped {run.broken_lines} broken line(s) (not JSON: cut mid-write?)"
+        for run in ds.runs
+        if run.broken_lines
+    ]
+    warnings += [
+        f"run {t.run}, stage {t.stage}: all {t.records} records trimmed (stage spans {t.span_s:.1f} s, trim {t.trim_s:g} s at each end)"
+        for t in selection.stages
+        if t.records and t.trimmed == t.records
+    ]
+    if selection.measured == 0:
+        warnings.append("no measured records: every record was warm-up or trimmed")
+    f = ds.frame
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "harness_version": __version__,
+        "generated_utc": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "runs": [
+            {
+                "run_id": run.run_id,
+                "dir": str(run.dir),
+                "started_utc": run.manifest.get("started_utc"),
+                "ended_utc": run.manifest.get("ended_utc"),
+                "records": run.records,
+                "broken_lines": run.broken_lines,
+                "slo": run.slo or None,
+                "from_cache": run.from_cache,
+            }
+            for run in ds.runs
+        ],
+        "hosts": [str(h) for h in f["host"].cat.categories],
+        "models": [str(m) for m in f["model"].cat.categories],
+        "by": list(by),
+        "counts": {
+            "records": selection.records,
+            "warmup": selection.warmup,
+            "trimmed": selection.trimmed,
+            "measured": selection.measured,
+            "broken_lines": sum(run.broken_lines for run in ds.runs),
+        },
+        "trim": {
+            "trim_s": selection.trim_s,
+            "policy": "requests sent in the first and last trim_s seconds of each (run, stage) are dropped; "
+            + (
+                "trim_s as given"
+                if selection.trim_s is not None
+                else "automatic trim_s: 0 below 3 s of stage, else min(5 s, 10% of the stage)"
+            ),
+            "stages": [
+                {
+                    "run": t.run,
+                    "stage": t.stage,
+                    "span_s": t.span_s,
+                    "trim_s": t.trim_s,
+                    "records": t.records,
+                    "trimmed": t.trimmed,
+                }
+                for t in selection.stages
+            ],
+        },
+        "groups": groups,
+        "overall": overall,
+        "by_host_model": by_host_model,
+        "warnings": warnings,
+    }

@@ -1,0 +1,217 @@
+"""Loading run folders: records, manifest and host samples -> one `Dataset` the report computes on.
+
+Owns the run folder's reading side: `records.jsonl` (through `jsonl`, with a Parquet cache beside it
+keyed on the JSONL's size and mtime), `manifest.json` (run id, the scenario's SLOs), and the optional
+`host_metrics.jsonl`. Records of several runs are merged into one table; nothing is filtered here
+(warm-up and trimming are `measured`'s job).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from harness.errors import InputError
+from harness.report.jsonl import STRING_FIELDS, read_jsonl
+
+__all__ = ["CACHE_NAME", "Dataset", "Run", "load_runs"]
+
+RECORDS_NAME = "records.jsonl"
+MANIFEST_NAME = "manifest.json"
+HOST_METRICS_NAME = "host_metrics.jsonl"
+CACHE_NAME = "records.cache.parquet"
+_CACHE_VERSION = "2"
+CACHE_ROW_GROUP = 65_536
+STRING_NAMES = [n for n, _ in STRING_FIELDS]
+_SLO_KEYS = ("ttft_ms", "tpot_ms", "e2e_ms")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder as loaded."""
+
+    dir: Path
+    run_id: str
+    """The manifest's `run_id`, else the folder's name."""
+    manifest: dict[str, Any]
+    slo: dict[str, float]
+    """The scenario's SLO limits that are set (`ttft_ms`, `tpot_ms`, `e2e_ms`); empty: none."""
+    records: int
+    broken_lines: int
+    from_cache: bool
+
+
+@dataclass
+class Dataset:
+    """All records of the runs loaded, one row each (warm-up included), and their token events."""
+
+    frame: pd.DataFrame
+    """Record fields of `jsonl.SCHEMA` but `event_offsets_us`; strings are categoricals, missing
+    numbers NaN; plus `run_index` (into `runs`)."""
+    offsets_us: npt.NDArray[np.int32]
+    """Every record's `event_offsets_us`, one record after another."""
+    starts: npt.NDArray[np.int64]
+    """Record i owns `offsets_us[starts[i]:starts[i+1]]`."""
+    runs: list[Run]
+    host_samples: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """`host_metrics.jsonl` lines of every run, with `run_index`: host, t_unix_ns, rss_bytes, cpu_percent."""
+    n_events: npt.NDArray[np.int64] = field(init=False)
+    """Content events per record."""
+
+    def __post_init__(self) -> None:
+        self.n_events = np.diff(self.starts)
+
+    def events_of(self, rows: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        """(offsets, lengths) of the given records' events, records one after another (rows ascending)."""
+        lengths = self.n_events[rows]
+        if rows.size == self.n_events.size:
+            return self.offsets_us, lengths
+        events = pa.LargeListArray.from_arrays(pa.array(self.starts), pa.array(self.offsets_us))
+        return events.take(pa.array(rows)).flatten().to_numpy(), lengths
+
+
+def load_runs(run_dirs: list[Path]) -> Dataset:
+    """Load and merge run folders; raises `InputError` for a folder that is not a run folder."""
+    if not run_dirs:
+        raise InputError("no run folder given: expected at least one folder holding records.jsonl")
+    runs: list[Run] = []
+    tables: list[pa.Table] = []
+    samples: list[pd.DataFrame] = []
+    for i, run_dir in enumerate(run_dirs):
+        records_path = _records_path(run_dir)
+        manifest = _read_manifest(run_dir)
+        table, broken, from_cache = _read_records(records_path)
+        run_id = str(manifest.get("run_id") or run_dir.name)
+        runs.append(Run(run_dir, run_id, manifest, _slo(manifest), table.num_rows, broken, from_cache))
+        tables.append(table.append_column("run_index", pa.array(np.full(table.num_rows, i, np.int32))))
+        samples.append(_read_host_metrics(run_dir, i))
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    offsets_us, starts = _events(table.column("event_offsets_us"))
+    frame = _frame(table.drop_columns(["event_offsets_us"]))
+    non_empty = [s for s in samples if not s.empty]
+    host_samples = pd.concat(non_empty, ignore_index=True) if non_empty else pd.DataFrame()
+    return Dataset(frame, offsets_us, starts, runs, host_samples)
+
+
+def _records_path(run_dir: Path) -> Path:
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such folder (expected a run folder holding {RECORDS_NAME})")
+    path = run_dir / RECORDS_NAME
+    if not path.is_file():
+        raise InputError(f"{run_dir}: no {RECORDS_NAME} in this folder (expected a run folder)")
+    return path
+
+
+def _read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    try:
+        manifest = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return manifest
+
+
+def _slo(manifest: dict[str, Any]) -> dict[str, float]:
+    scenario = manifest.get("scenario")
+    slo = scenario.get("slo") if isinstance(scenario, dict) else None
+    if not isinstance(slo, dict):
+        return {}
+    limits = {k: slo[k] for k in _SLO_KEYS if isinstance(slo.get(k), int | float)}
+    return {k: float(v) for k, v in limits.items() if math.isfinite(v)}
+
+
+def _read_records(path: Path) -> tuple[pa.Table, int, bool]:
+    """(table, broken lines, from cache): the Parquet cache when it matches the JSONL, else parse."""
+    stat = path.stat()
+    key = {"version": _CACHE_VERSION, "size": str(stat.st_size), "mtime_ns": str(stat.st_mtime_ns)}
+    cache = path.with_name(CACHE_NAME)
+    cached = _read_cache(cache, key)
+    if cached is not None:
+        return *cached, True
+    table, broken = read_jsonl(path)
+    _write_cache(cache, table, key | {"broken": str(broken)})
+    for name in STRING_NAMES:
+        table = table.set_column(
+            table.schema.get_field_index(name), name, pc.dictionary_encode(table.column(name))
+        )
+    return table, broken, False
+
+
+def _read_cache(cache: Path, key: dict[str, str]) -> tuple[pa.Table, int] | None:
+    try:
+        file = pq.ParquetFile(cache, read_dictionary=STRING_NAMES)
+        meta = {k.decode(): v.decode() for k, v in (file.schema_arrow.metadata or {}).items()}
+        if any(meta.get(f"harness_{k}") != v for k, v in key.items()):
+            return None
+        # Row group by row group: decoding the whole file at once needs twice the memory.
+        table = pa.concat_tables([file.read_row_group(i) for i in range(file.num_row_groups)])
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return table.replace_schema_metadata(None), int(meta.get("harness_broken", "0"))
+
+
+def _write_cache(cache: Path, table: pa.Table, meta: dict[str, str]) -> None:
+    """Best effort: a read-only run folder just goes without a cache."""
+    table = table.replace_schema_metadata({f"harness_{k}": v for k, v in meta.items()})
+    tmp = cache.with_name(cache.name + ".tmp")
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            row_group_size=CACHE_ROW_GROUP,
+            compression="lz4",
+            use_dictionary=STRING_NAMES,
+            # Offsets rise within a record: deltas pack small and decode fast.
+            column_encoding={"event_offsets_us": "DELTA_BINARY_PACKED"},
+        )
+        tmp.replace(cache)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def _events(column: pa.ChunkedArray) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+    """Flatten the list column into (values, starts)."""
+    lengths = [pc.list_value_length(c).to_numpy(zero_copy_only=False) for c in column.chunks]
+    starts = np.zeros(len(column) + 1, np.int64)
+    if lengths:
+        np.cumsum(np.concatenate(lengths), out=starts[1:])
+    chunks = [c.flatten().to_numpy() for c in column.chunks]
+    values = chunks[0] if len(chunks) == 1 else np.concatenate(chunks or [np.zeros(0, np.int32)])
+    return values, starts
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """Strings (dictionary-encoded by now) become categoricals, missing numbers NaN."""
+    return table.unify_dictionaries().to_pandas(split_blocks=True, self_destruct=True)
+
+
+def _read_host_metrics(run_dir: Path, run_index: int) -> pd.DataFrame:
+    path = run_dir / HOST_METRICS_NAME
+    if not path.is_file():
+        return pd.DataFrame()
+    rows = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a sampler cut mid-line, like records
+            if isinstance(row, dict) and {"host", "t_unix_ns", "rss_bytes"} <= row.keys():
+                rows.append(row)
+    frame = pd.DataFrame(rows, columns=["host", "t_unix_ns", "rss_bytes", "cpu_percent"])
+    frame["run_index"] = run_index
+    return frame

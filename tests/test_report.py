@@ -1,0 +1,451 @@
+"""The post-processor on hand-built run folders whose right answers are known by construction.
+
+`build_report(run_dir)` is the seam for a test against a real `harness run` folder: it returns the
+report and checks what every report must hold.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from recordgen import T0_NS, record, write_run
+
+from harness.errors import InputError
+from harness.records import ERROR_CATEGORIES
+from harness.report import Report, build, jsonl
+from harness.report.load import CACHE_NAME
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_report(run_dirs: Path | list[Path], out: Path | None = None, **kwargs: Any) -> Report:
+    """Build every format and check what holds for any report."""
+    dirs = run_dirs if isinstance(run_dirs, list) else [run_dirs]
+    out = out or dirs[0]
+    report = build(dirs, out, **kwargs)
+    names = {p.name for p in report.files}
+    assert {"report.md", "report.html", "summary.json", "requests.csv", "ttft.csv", "models.csv"} <= names
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert (
+        summary["counts"]["records"]
+        == summary["counts"]["warmup"] + summary["counts"]["trimmed"] + summary["counts"]["measured"]
+    )
+    assert (
+        summary["overall"]["requests"]
+        == summary["counts"]["measured"]
+        == sum(g["requests"] for g in summary["groups"])
+    )
+    md = (out / "report.md").read_text()
+    assert "| Model | Avg latency (ms) | p95 (ms) | TPS |" in md
+    html = (out / "report.html").read_text()
+    assert "<script" not in html and "src=" not in html and "<link" not in html  # self-contained
+    return report
+
+
+def group(report: Report, **key: str) -> dict[str, Any]:
+    (found,) = [g for g in report.summary["groups"] if all(g["key"].get(k) == v for k, v in key.items())]
+    return found
+
+
+# --- percentiles, windows, throughput ---------------------------------------------------------------
+
+
+def test_percentiles_are_computed_over_merged_raw_records(tmp_path: Path) -> None:
+    # Worker 1: TTFT 100..199 ms; worker 2: 1000..1009 ms. The merged p50 is not the mean of per-worker p50s.
+    recs = [record(t_s=i * 0.01, ttft_ms=100.0 + i, worker="a:1") for i in range(100)]
+    recs += [record(t_s=i * 0.01, ttft_ms=1000.0 + i, worker="b:2") for i in range(10)]
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    all_ttft = np.array([r["ttft_ms"] for r in recs])
+    overall = report.summary["overall"]
+    for q in (50, 90, 95, 99):
+        assert overall[f"ttft_ms_p{q}"] == pytest.approx(np.percentile(all_ttft, q))
+    assert overall["ttft_ms_max"] == 1009.0
+    assert overall["ttft_ms_count"] == 110
+    assert overall["ttft_ms_mean"] == pytest.approx(all_ttft.mean())
+
+
+def test_throughput_window_tpot_and_itl(tmp_path: Path) -> None:
+    # One request per second for 10 s, each 11 tokens, TTFT 100 ms, TPOT 10 ms: ends 200 ms after sending.
+    recs = [record(t_s=i, ttft_ms=100.0, tpot_ms=10.0, tokens=11) for i in range(10)]
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    g = report.summary["overall"]
+    assert g["window_s"] == pytest.approx(9.2)  # first send (0 s) to last end (9 s + 200 ms)
+    assert g["output_tokens"] == 110
+    assert g["output_tokens_per_s"] == pytest.approx(110 / 9.2)
+    assert g["requests_per_s"] == pytest.approx(10 / 9.2)
+    assert g["tpot_ms_p50"] == 10.0
+    assert g["stream_tokens_per_s_p50"] == 100.0
+    assert g["itl_ms_count"] == 100  # 10 gaps per request, never across requests
+    assert g["itl_ms_p50"] == g["itl_ms_max"] == 10.0
+    assert g["e2e_ms_p50"] == 200.0
+
+
+def test_errors_by_category_are_counted_not_averaged_in(tmp_path: Path) -> None:
+    recs = [record(t_s=i * 0.1, ttft_ms=100.0) for i in range(16)]
+    recs += [
+        record(t_s=2 + i * 0.1, ok=False, error=cat, ttft_ms=None, tokens=0, e2e_ms=5000.0)
+        for i, cat in enumerate(ERROR_CATEGORIES)
+    ]
+    recs.append(record(t_s=3, ok=False, error=None, ttft_ms=None, tokens=0))
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    g = report.summary["overall"]
+    assert g["requests"] == 26
+    assert g["failed"] == 10
+    assert g["errors"] == {cat: 1 for cat in ERROR_CATEGORIES} | {"unknown": 1}
+    assert g["error_rate"] == pytest.approx(10 / 26)
+    assert g["e2e_ms_max"] < 5000  # failed requests stay out of latency
+    csv_head = (tmp_path / "r" / "requests.csv").read_text().splitlines()[0]
+    assert "errors.http_429" in csv_head
+
+
+def test_goodput_against_the_manifest_slo(tmp_path: Path) -> None:
+    recs = [record(t_s=i, ttft_ms=100.0 if i % 2 else 500.0, tokens=11) for i in range(10)]
+    report = build_report(
+        write_run(tmp_path / "slo", recs, slo={"ttft_ms": 200.0, "e2e_ms": 10_000.0}), trim_s=0
+    )
+    g = report.summary["overall"]
+    assert g["slo_met"] == 5
+    assert g["goodput_per_s"] == pytest.approx(5 / g["window_s"])
+    no_slo = build_report(write_run(tmp_path / "none", recs), trim_s=0)
+    assert no_slo.summary["overall"]["goodput_per_s"] is None
+    assert no_slo.summary["overall"]["slo_met"] is None
+
+
+def test_dispatch_delay_and_latency_from_schedule(tmp_path: Path) -> None:
+    recs = [
+        record(t_s=i * 0.1, ttft_ms=100.0, tokens=2, tpot_ms=100.0, dispatch_delay_ms=float(i))
+        for i in range(11)
+    ]
+    g = build_report(write_run(tmp_path / "r", recs), trim_s=0).summary["overall"]
+    assert g["dispatch_delay_ms_p50"] == 5.0
+    assert g["dispatch_delay_ms_max"] == 10.0
+    assert g["sched_e2e_ms_max"] == 210.0
+    assert g["sched_ttft_ms_p50"] == 105.0
+
+
+def test_queue_time_from_the_concurrency_1_stage(tmp_path: Path) -> None:
+    recs = [record(t_s=i * 0.1, stage="c1", users=1, ttft_ms=100.0) for i in range(10)]
+    # Concurrency 4 over two workers with 2 users each; TTFT 250 ms.
+    recs += [
+        record(t_s=5 + i * 0.1, stage="c4", users=2, worker=f"w:{i % 2}", ttft_ms=250.0) for i in range(10)
+    ]
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    assert group(report, stage="c4")["concurrency"] == 4
+    assert group(report, stage="c4")["queue_time_ms_p50"] == 150.0
+    assert group(report, stage="c1")["queue_time_ms_p50"] == 0.0
+    no_c1 = build_report(write_run(tmp_path / "n", recs[10:]), trim_s=0)
+    assert no_c1.summary["overall"]["queue_time_ms_p50"] is None
+
+
+def test_token_mismatch_and_events_per_read(tmp_path: Path) -> None:
+    recs = [record(t_s=0.1 * i, tokens=10, content_reads=5) for i in range(4)]
+    recs += [record(t_s=1, tokens=10, usage_tokens=12)]  # usage says 12, 10 events counted
+    g = build_report(write_run(tmp_path / "r", recs), trim_s=0).summary["overall"]
+    assert g["token_mismatch"] == 1
+    assert g["output_tokens"] == 52  # usage counts win
+    assert g["events_per_read_p50"] == 2.0
+    assert g["events_per_read_max"] == 2.0
+
+
+def test_host_peak_memory_while_the_group_ran(tmp_path: Path) -> None:
+    host = "http://127.0.0.1:8001/v1"
+    recs = [record(t_s=i, host=host) for i in range(5)]
+    samples = [
+        {"host": host, "t_unix_ns": T0_NS + s * 1_000_000_000, "rss_bytes": rss, "cpu_percent": 50.0}
+        for s, rss in ((1, 100_000_000), (2, 300_000_000), (60, 900_000_000))  # the last: after the run
+    ]
+    report = build_report(write_run(tmp_path / "r", recs, host_samples=samples), trim_s=0)
+    assert report.summary["overall"]["host_peak_rss_mb"] == 300.0
+    assert (
+        build_report(write_run(tmp_path / "none", recs), trim_s=0).summary["overall"]["host_peak_rss_mb"]
+        is None
+    )
+
+
+# --- what is measured --------------------------------------------------------------------------------
+
+
+def test_warmup_is_counted_but_excluded(tmp_path: Path) -> None:
+    recs = [record(t_s=0.1 * i, warmup=True, ttft_ms=9000.0) for i in range(5)]
+    recs += [record(t_s=1 + 0.1 * i, ttft_ms=100.0) for i in range(10)]
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    assert report.summary["counts"]["warmup"] == 5
+    assert report.summary["overall"]["requests"] == 10
+    assert report.summary["overall"]["ttft_ms_max"] == 100.0
+    assert "5 records marked `warmup`" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_default_trimming_drops_each_stage_edges(tmp_path: Path) -> None:
+    # Stage "long": one request per second for 60 s (span 59 s -> 5 s trimmed at each end);
+    # stage "short": 2 s (never trimmed by default).
+    recs = [record(t_s=i, stage="long") for i in range(60)]
+    recs += [record(t_s=100 + 0.5 * i, stage="short") for i in range(5)]
+    report = build_report(write_run(tmp_path / "r", recs))
+    # Sent at 0-4 s and 55-59 s: 10 records trimmed.
+    assert group(report, stage="long")["requests"] == 50
+    assert group(report, stage="short")["requests"] == 5
+    assert report.summary["counts"]["trimmed"] == 10
+    stages = {s["stage"]: s for s in report.summary["trim"]["stages"]}
+    assert stages["long"]["trim_s"] == 5.0 and stages["long"]["trimmed"] == 10
+    assert stages["short"]["trim_s"] == 0.0
+    fixed = build_report(write_run(tmp_path / "f", recs), trim_s=10)
+    assert group(fixed, stage="long")["requests"] == 40  # 10-49 s
+    assert fixed.summary["counts"]["trimmed"] == 20 + 5  # the short stage entirely
+    assert [g["key"]["stage"] for g in fixed.summary["groups"]] == ["long"]
+    assert any("all 5 records trimmed" in w for w in fixed.warnings)
+    none = build_report(write_run(tmp_path / "n", recs), trim_s=0)
+    assert none.summary["counts"]["trimmed"] == 0
+
+
+def test_grouping_by_any_keys(tmp_path: Path) -> None:
+    recs = [
+        record(
+            t_s=0.1 * i,
+            host=f"http://h{i % 2}:1/v1",
+            model=f"m{i % 3}",
+            prompt_id=f"p{i % 4}",
+            connection="new" if i < 6 else "reuse",
+        )
+        for i in range(24)
+    ]
+    run = write_run(tmp_path / "r", recs)
+    default = build_report(run, trim_s=0)
+    assert default.summary["by"] == ["run", "host", "model", "stage"]
+    assert len(default.summary["groups"]) == 6
+    by_prompt = build_report(run, tmp_path / "o1", by=["prompt_id"], trim_s=0)
+    assert [g["key"] for g in by_prompt.summary["groups"]] == [{"prompt_id": f"p{i}"} for i in range(4)]
+    assert [g["requests"] for g in by_prompt.summary["groups"]] == [6, 6, 6, 6]
+    by_conn = build_report(run, tmp_path / "o2", by=["connection", "host"], trim_s=0)
+    assert group(by_conn, connection="new", host="http://h0:1/v1")["requests"] == 3
+    assert len(default.summary["by_host_model"]) == 6
+    with pytest.raises(InputError, match="--by: unknown key colour"):
+        build([run], tmp_path / "o3", by=["host", "colour"])
+
+
+def test_several_runs_merge_and_group_by_run(tmp_path: Path) -> None:
+    a = write_run(
+        tmp_path / "a",
+        [record(t_s=i * 0.1, run_id="run-a", ttft_ms=100.0) for i in range(10)],
+        run_id="run-a",
+    )
+    # Run b an hour later: the overall window is the two runs' windows, not the hour between them.
+    b = write_run(
+        tmp_path / "b",
+        [record(t_s=3600 + i * 0.1, run_id="run-b", ttft_ms=300.0) for i in range(10)],
+        run_id="run-b",
+    )
+    report = build_report([a, b], tmp_path / "out", trim_s=0)
+    assert group(report, run="run-a")["ttft_ms_p50"] == 100.0
+    assert group(report, run="run-b")["ttft_ms_p50"] == 300.0
+    assert report.summary["overall"]["ttft_ms_p50"] == 200.0
+    assert group(report, run="run-a")["window_s"] == pytest.approx(0.9 + 0.19)
+    assert report.summary["overall"]["window_s"] == pytest.approx((0.9 + 0.19) + (0.9 + 0.39))
+    # Runs at the same time (two harnesses side by side): their windows overlap and count once.
+    c = write_run(
+        tmp_path / "c",
+        [record(t_s=i * 0.1, run_id="run-c", ttft_ms=300.0) for i in range(10)],
+        run_id="run-c",
+    )
+    side_by_side = build_report([a, c], tmp_path / "out2", trim_s=0)
+    assert side_by_side.summary["overall"]["window_s"] == pytest.approx(0.9 + 0.39)
+
+
+# --- reading records -----------------------------------------------------------------------------------
+
+
+def test_broken_last_line_is_skipped_and_reported(tmp_path: Path) -> None:
+    recs = [record(t_s=0.1 * i) for i in range(10)]
+    cut = orjson.dumps(record(t_s=2))[:57]
+    report = build_report(write_run(tmp_path / "r", recs, tail=cut), trim_s=0)
+    assert report.summary["counts"]["broken_lines"] == 1
+    assert report.summary["counts"]["records"] == 10
+    assert any("skipped 1 broken line" in w for w in report.warnings)
+    assert "Broken lines: 1 line(s)" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_a_json_line_that_is_not_a_record_names_file_and_line(tmp_path: Path) -> None:
+    recs = [record(t_s=0.1 * i) for i in range(3)]
+    bad = dict(recs[1])
+    del bad["sent_unix_ns"]
+    run = write_run(tmp_path / "r", [recs[0], bad, recs[2]])
+    with pytest.raises(InputError, match=r"records\.jsonl:2: not a record: .*sent_unix_ns"):
+        build([run], run)
+
+
+def test_offsets_in_nanoseconds_by_mistake_are_refused(tmp_path: Path) -> None:
+    rec = record() | {"event_offsets_us": [100_000_000_000, 110_000_000_000]}
+    with pytest.raises(InputError, match=r":1: not a record: event_offsets_us beyond"):
+        build([write_run(tmp_path / "r", [rec])], tmp_path / "r")
+
+
+def test_fast_and_exact_parsing_agree(tmp_path: Path) -> None:
+    # Escaped strings, unicode, nulls, empty offsets, missing optional keys, pretty whitespace.
+    recs = [record(t_s=i, model='q"uote\\d', stage="étape", tokens=i % 3) for i in range(20)]
+    recs[3].pop("connection")
+    recs[4].pop("content_events")
+    lines = [orjson.dumps(r) for r in recs] + [
+        orjson.dumps(recs[5], option=orjson.OPT_INDENT_2).replace(b"\n", b" ")
+    ]
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n\n")
+    table, broken = jsonl.read_jsonl(path)
+    assert broken == 0
+    assert table.num_rows == 21
+    rows = table.to_pylist()
+    assert rows[0]["model"] == 'q"uote\\d' and rows[0]["stage"] == "étape"
+    assert rows[3]["connection"] is None and rows[4]["content_events"] is None
+    assert [r["event_offsets_us"] for r in rows[:20]] == [r["event_offsets_us"] for r in recs]
+    # Clean records go through the fast path; it must read them exactly as the exact path does.
+    clean = tmp_path / "clean.jsonl"
+    clean.write_bytes(
+        b"".join(orjson.dumps(record(t_s=i, tokens=i % 4, error=None)) + b"\n" for i in range(50))
+    )
+    fast = jsonl._fast_batch(clean.read_bytes())
+    exact, _, _ = jsonl._exact_batch(clean.read_bytes())
+    assert exact is not None and fast.equals(exact)
+
+
+def test_parallel_parsing_matches_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recs = [record(t_s=0.01 * i, tokens=i % 7, prompt_id=f"p{i}") for i in range(3000)]
+    run = write_run(tmp_path / "r", recs, tail=b'{"run_id": "cut')
+    path = run / "records.jsonl"
+    one, broken_one = jsonl.read_jsonl(path, processes=1)
+    monkeypatch.setattr(jsonl, "_PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(jsonl, "_CHUNK_BYTES", 64 << 10)
+    many, broken_many = jsonl.read_jsonl(path, processes=3)
+    assert broken_one == broken_many == 1
+    assert many.equals(one)
+    assert one.num_rows == 3000
+
+
+def test_parquet_cache_is_used_and_invalidated(tmp_path: Path) -> None:
+    recs = [record(t_s=0.1 * i) for i in range(20)]
+    run = write_run(tmp_path / "r", recs)
+    first = build_report(run, trim_s=0)
+    assert (run / CACHE_NAME).is_file()
+    assert first.summary["runs"][0]["from_cache"] is False
+    second = build_report(run, trim_s=0)
+    assert second.summary["runs"][0]["from_cache"] is True
+    assert second.summary["overall"] == first.summary["overall"]
+    with open(run / "records.jsonl", "ab") as fh:  # a record appended: size changes, cache is stale
+        fh.write(orjson.dumps(record(t_s=3)) + b"\n")
+    third = build_report(run, trim_s=0)
+    assert third.summary["runs"][0]["from_cache"] is False
+    assert third.summary["overall"]["requests"] == 21
+
+
+# --- outputs --------------------------------------------------------------------------------------------
+
+
+def test_outputs_and_summary_shape(tmp_path: Path) -> None:
+    recs = [record(t_s=0.1 * i, model=f"m{i % 2}", ttft_ms=100.0 + i) for i in range(20)]
+    out = tmp_path / "out"
+    report = build_report(
+        write_run(tmp_path / "r", recs), out, trim_s=0, formats=["json", "md", "csv", "html"]
+    )
+    s = orjson.loads((out / "summary.json").read_bytes())
+    assert s == orjson.loads(orjson.dumps(report.summary))
+    assert {
+        "schema_version",
+        "runs",
+        "hosts",
+        "models",
+        "by",
+        "counts",
+        "trim",
+        "groups",
+        "overall",
+        "by_host_model",
+        "warnings",
+    } <= s.keys()
+    g = s["groups"][0]
+    for key in (
+        "ttft_ms_p50",
+        "ttft_ms_p99",
+        "e2e_ms_p95",
+        "tpot_ms_mean",
+        "itl_ms_p90",
+        "output_tokens_per_s",
+        "requests_per_s",
+        "errors",
+        "error_rate",
+    ):
+        assert key in g
+    md = (out / "report.md").read_text()
+    assert md.index("| Model | Avg latency (ms) | p95 (ms) | TPS |") < md.index("## Requests and errors")
+    assert "| m0 |" in md
+    console = report.console_table()
+    assert "TTFT p50" in console and "out tok/s" in console and "m1" in console
+    only_json = build([tmp_path / "r"], tmp_path / "j", formats=["json"], trim_s=0)
+    assert [p.name for p in only_json.files] == ["summary.json"]
+    with pytest.raises(InputError, match="--format: unknown format pdf"):
+        build([tmp_path / "r"], tmp_path / "x", formats=["md", "pdf"])
+
+
+def test_missing_inputs_raise_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such folder"):
+        build([tmp_path / "nope"], tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"no records\.jsonl"):
+        build([tmp_path / "empty"], tmp_path)
+    run = write_run(tmp_path / "r", [record()])
+    with pytest.raises(InputError, match="--trim-s"):
+        build([run], run, trim_s=-1)
+
+
+# --- the command line -----------------------------------------------------------------------------------
+
+
+def harness(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_cli_report_writes_into_the_run_folder(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "r", [record(t_s=0.1 * i) for i in range(10)])
+    done = harness("report", run, "--trim-s", "0", "--by", "host,model")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == str(run)
+    assert (run / "report.html").is_file() and (run / "summary.json").is_file()
+    assert orjson.loads((run / "summary.json").read_bytes())["by"] == ["host", "model"]
+
+
+def test_cli_report_several_runs_needs_out_or_writes_results(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "a", [record(t_s=0.1 * i) for i in range(5)], run_id="a")
+    b = write_run(tmp_path / "b", [record(t_s=0.1 * i) for i in range(5)], run_id="b")
+    done = harness("report", a, b, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = Path(done.stdout.strip().splitlines()[-1])
+    assert out.parts[0] == "results" and out.name.startswith("report-")
+    assert (tmp_path / out / "report.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing"], "no such folder"),
+        (["empty"], "no records.jsonl"),
+        (["run", "--by", "host,colour"], "--by: unknown key colour"),
+        (["run", "--format", "md,pdf"], "--format: unknown format pdf"),
+        (["run", "--trim-s", "x"], "--trim-s"),
+    ],
+)
+def test_cli_report_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "empty").mkdir()
+    write_run(tmp_path / "run", [record()])
+    done = harness("report", *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert message in done.stderr
