@@ -1,0 +1,78 @@
+"""`harness compare BASE_RUN NEW_RUN`: headline metrics side by side, with the change's bootstrap
+95% confidence interval and a verdict per metric (`harness.report.compare`). Exits 1 when a metric
+regressed beyond the threshold."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from harness.commands.report import BY_KEYS, split_list
+from harness.errors import CheckFailed
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare two runs: changes with bootstrap confidence intervals; exit 1 on a regression",
+        description="Compare two run folders group by group. A metric is worse when the 95%% confidence interval "
+        "of its change lies entirely on the bad side and the change is beyond --threshold-pct.",
+    )
+    p.add_argument("base", type=Path, metavar="BASE_RUN", help="run folder to compare against")
+    p.add_argument("new", type=Path, metavar="NEW_RUN", help="run folder to judge")
+    p.add_argument(
+        "--threshold-pct", type=float, default=5.0, help="smallest change that counts, in %% (default 5)"
+    )
+    p.add_argument(
+        "--metrics",
+        help="comma-separated metrics (default: ttft_ms_p50,ttft_ms_p95,tpot_ms_p50,e2e_ms_p95,"
+        "output_tokens_per_s,error_rate)",
+    )
+    p.add_argument(
+        "--by", default="host,model", help=f"comma-separated group keys from {BY_KEYS} (default: host,model)"
+    )
+    p.add_argument("--out", type=Path, help="folder to write compare.md and compare.json into")
+    p.add_argument(
+        "--trim-s", type=float, help="seconds dropped at each end of every stage (default: automatic)"
+    )
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.report.builder import make_out_dir
+    from harness.report.compare import DEFAULT_METRICS, compare
+
+    result = compare(
+        args.base,
+        args.new,
+        by=split_list(args.by),
+        metrics=split_list(args.metrics) or DEFAULT_METRICS,
+        threshold_pct=args.threshold_pct,
+        resamples=args.resamples,
+        seed=args.seed,
+        trim_s=args.trim_s,
+    )
+    print(result.console_table())
+    if args.out is not None:
+        make_out_dir(args.out)
+        (args.out / "compare.md").write_text(result.markdown(), encoding="utf-8")
+        (args.out / "compare.json").write_bytes(
+            orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2) + b"\n"
+        )
+        print(args.out)
+    if result.regressions:
+        worst = ", ".join(
+            f"{c.metric} {c.change_pct:+.1f}%" if c.change_pct is not None else c.metric
+            for c in result.regressions
+        )
+        raise CheckFailed(
+            f"{len(result.regressions)} metric(s) regressed beyond {args.threshold_pct:g}%: {worst}"
+        )
+    return 0

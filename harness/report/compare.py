@@ -1,0 +1,293 @@
+"""Two runs side by side: per group and headline metric, the change and its uncertainty.
+
+Owns the comparison's method. Groups are matched by key (default host, model). For each metric the
+point values are those `harness report` shows for each run; the 95% confidence interval of the
+change comes from a bootstrap: the requests of each run are resampled with replacement (seeded,
+`resamples` times, vectorised), the metric recomputed on each resample, and the 2.5th and 97.5th
+percentiles of (new − base) taken, shown as % of the base value.
+
+Verdict per metric: `worse` when the whole interval lies on the bad side of zero AND the change is
+beyond the threshold (a regression: `harness compare` exits 1); `better` likewise on the good side;
+otherwise `no clear change`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from harness.errors import InputError
+from harness.report.aggregate import Summarizer, check_by
+from harness.report.load import load_runs
+from harness.report.measured import select
+from harness.report.tables import format_value, host_label
+
+__all__ = ["DEFAULT_METRICS", "Change", "Comparison", "compare", "metric_names"]
+
+DEFAULT_METRICS = (
+    "ttft_ms_p50",
+    "ttft_ms_p95",
+    "tpot_ms_p50",
+    "e2e_ms_p95",
+    "output_tokens_per_s",
+    "error_rate",
+)
+_DIST = re.compile(r"^(ttft_ms|ttfb_ms|tpot_ms|e2e_ms|dispatch_delay_ms)_(p50|p90|p95|p99|mean)$")
+_RATES = {"output_tokens_per_s": True, "requests_per_s": True, "error_rate": False}
+#: Values per bootstrap batch (resamples x requests), to bound memory.
+_BATCH_VALUES = 10_000_000
+
+FloatArray = npt.NDArray[np.float64]
+Statistic = Callable[[FloatArray], FloatArray]
+"""Metric over the last axis of resampled values (shape: resamples x requests)."""
+
+
+def metric_names() -> str:
+    return "ttft_ms|ttfb_ms|tpot_ms|e2e_ms|dispatch_delay_ms with _p50|_p90|_p95|_p99|_mean, " + ", ".join(
+        _RATES
+    )
+
+
+@dataclass(frozen=True)
+class Change:
+    """One metric of one group, base against new."""
+
+    key: dict[str, str | None]
+    metric: str
+    base: float | None
+    new: float | None
+    change_pct: float | None
+    ci_low_pct: float | None
+    ci_high_pct: float | None
+    verdict: str
+    """`better`, `worse`, `no clear change`, or `not comparable` (missing in one run, or no data)."""
+
+
+@dataclass
+class Comparison:
+    base_run: str
+    new_run: str
+    by: tuple[str, ...]
+    threshold_pct: float
+    resamples: int
+    seed: int
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Change]:
+        return [c for c in self.changes if c.verdict == "worse"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"regressions": len(self.regressions), "method": __doc__}
+
+    def rows(self) -> tuple[list[str], list[list[str]]]:
+        """(header, cells) of the comparison table, for people."""
+        header = [*self.by, "metric", "base", "new", "change %", "95% CI of change %", "verdict"]
+        cells = []
+        for c in self.changes:
+            key = [host_label(v or "") if k == "host" else (v or "-") for k, v in c.key.items()]
+            ci = f"{_pct(c.ci_low_pct)} … {_pct(c.ci_high_pct)}" if c.ci_low_pct is not None else "-"
+            kind = "pct" if c.metric == "error_rate" else "float"
+            cells.append(
+                [
+                    *key,
+                    c.metric,
+                    format_value(c.base, kind),
+                    format_value(c.new, kind),
+                    _pct(c.change_pct),
+                    ci,
+                    c.verdict,
+                ]
+            )
+        return header, cells
+
+    def console_table(self) -> str:
+        header, cells = self.rows()
+        widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
+        lines = [
+            "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *cells]
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        header, cells = self.rows()
+        lines = [
+            f"# Comparison: {self.base_run} → {self.new_run}",
+            "",
+            f"Threshold {self.threshold_pct:g}%; bootstrap with {self.resamples} resamples (seed {self.seed}); "
+            f"{len(self.regressions)} regression(s). Error rate in %, latencies in ms, throughput per second.",
+            "",
+            "| " + " | ".join(header) + " |",
+            "| " + " | ".join(["---"] * len(self.by) + ["---"] + ["--:"] * 4 + ["---"]) + " |",
+            *("| " + " | ".join(r) + " |" for r in cells),
+            "",
+            "## Method",
+            "",
+            (__doc__ or "").strip(),
+            "",
+        ]
+        return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}"
+
+
+@dataclass(frozen=True)
+class _Metric:
+    name: str
+    higher_is_better: bool
+    samples: Callable[[Summarizer, npt.NDArray[np.int64]], FloatArray]
+    statistic: Callable[[float | None], Statistic]
+    """Given the group's window (s), the statistic over resampled samples."""
+
+
+def _parse_metric(name: str) -> _Metric:
+    if m := _DIST.match(name):
+        column, stat = m.groups()
+
+        def values(s: Summarizer, rows: npt.NDArray[np.int64], column: str = column) -> FloatArray:
+            v = s.cols.values[column][rows][s.cols.ok[rows]]
+            return v[~np.isnan(v)]
+
+        if stat == "mean":
+            return _Metric(name, False, values, lambda _w: lambda a: a.mean(axis=-1))
+        q = float(stat[1:])
+        return _Metric(name, False, values, lambda _w: lambda a: np.percentile(a, q, axis=-1))
+    if name in _RATES:
+        if name == "error_rate":
+            return _Metric(
+                name,
+                False,
+                lambda s, rows: (~s.cols.ok[rows]).astype(np.float64),
+                lambda _w: lambda a: a.mean(axis=-1),
+            )
+
+        def per_request(s: Summarizer, rows: npt.NDArray[np.int64], name: str = name) -> FloatArray:
+            ok = s.cols.ok[rows]
+            if name == "requests_per_s":
+                return ok.astype(np.float64)
+            return np.where(ok, np.nan_to_num(s.cols.values["output_tokens"][rows]), 0.0)
+
+        return _Metric(
+            name,
+            True,
+            per_request,
+            lambda w: lambda a: a.sum(axis=-1) / w if w else np.full(a.shape[:-1], np.nan),
+        )
+    raise InputError(f"--metrics: unknown metric {name!r}; expected {metric_names()}")
+
+
+def compare(
+    base_dir: Path,
+    new_dir: Path,
+    *,
+    by: Sequence[str] | None = ("host", "model"),
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    threshold_pct: float = 5.0,
+    resamples: int = 1000,
+    seed: int = 0,
+    trim_s: float | None = None,
+) -> Comparison:
+    """Compare two run folders; see the module's docstring for the method."""
+    keys = check_by(by)
+    specs = [_parse_metric(m.strip()) for m in metrics if m.strip()]
+    if not specs:
+        raise InputError(f"--metrics: none given; expected {metric_names()}")
+    if resamples < 100:
+        raise InputError(f"--resamples: {resamples} is too few for a 95% interval; expected at least 100")
+    sides = []
+    for run_dir in (base_dir, new_dir):
+        ds = load_runs([run_dir])
+        select(ds, trim_s)
+        s = Summarizer(ds)
+        sides.append((s, {tuple(key.values()): rows for key, rows in s.partition(keys)}, ds.runs[0].run_id))
+    (base, base_groups, base_id), (new, new_groups, new_id) = sides
+    out = Comparison(base_id, new_id, keys, threshold_pct, resamples, seed)
+    all_keys = list(base_groups) + [k for k in new_groups if k not in base_groups]
+    for gi, key in enumerate(all_keys):
+        key_dict = dict(zip(keys, key, strict=True))
+        if key not in base_groups or key not in new_groups:
+            for spec in specs:
+                out.changes.append(
+                    Change(key_dict, spec.name, None, None, None, None, None, "not comparable")
+                )
+            continue
+        for mi, spec in enumerate(specs):
+            rng = [np.random.default_rng([seed, gi, mi, side]) for side in (0, 1)]
+            out.changes.append(
+                _change(
+                    key_dict,
+                    spec,
+                    (base, base_groups[key]),
+                    (new, new_groups[key]),
+                    rng,
+                    resamples,
+                    threshold_pct,
+                )
+            )
+    return out
+
+
+def _change(
+    key: dict[str, str | None],
+    spec: _Metric,
+    base: tuple[Summarizer, npt.NDArray[np.int64]],
+    new: tuple[Summarizer, npt.NDArray[np.int64]],
+    rngs: list[np.random.Generator],
+    resamples: int,
+    threshold_pct: float,
+) -> Change:
+    points, boots = [], []
+    for (s, rows), rng in zip((base, new), rngs, strict=True):
+        samples = spec.samples(s, rows)
+        if samples.size == 0:
+            return Change(key, spec.name, None, None, None, None, None, "not comparable")
+        window = s.window_s(rows)
+        statistic = spec.statistic(window)
+        points.append(float(statistic(samples[np.newaxis, :])[0]))
+        boots.append(_bootstrap(samples, statistic, resamples, rng))
+    b, n = points
+    if not (np.isfinite(b) and np.isfinite(n)):
+        return Change(key, spec.name, _finite(b), _finite(n), None, None, None, "not comparable")
+    lo, hi = np.percentile(boots[1] - boots[0], [2.5, 97.5])
+    change_pct = (n - b) / abs(b) * 100 if b != 0 else (0.0 if n == 0 else None)
+    bad_side = hi < 0 if spec.higher_is_better else lo > 0
+    good_side = lo > 0 if spec.higher_is_better else hi < 0
+    beyond = change_pct is None or abs(change_pct) > threshold_pct
+    verdict = "worse" if bad_side and beyond else "better" if good_side and beyond else "no clear change"
+    scale = 100 / abs(b) if b != 0 else None
+    return Change(
+        key,
+        spec.name,
+        b,
+        n,
+        change_pct,
+        float(lo * scale) if scale else None,
+        float(hi * scale) if scale else None,
+        verdict,
+    )
+
+
+def _finite(x: float) -> float | None:
+    return x if np.isfinite(x) else None
+
+
+def _bootstrap(
+    samples: FloatArray, statistic: Statistic, resamples: int, rng: np.random.Generator
+) -> FloatArray:
+    """The statistic over `resamples` resamples with replacement, computed in batches."""
+    n = samples.size
+    batch = max(1, min(resamples, _BATCH_VALUES // n))
+    out = []
+    for start in range(0, resamples, batch):
+        idx = rng.integers(0, n, size=(min(batch, resamples - start), n))
+        out.append(statistic(samples[idx]))
+    return np.concatenate(out)
