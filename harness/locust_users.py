@@ -21,6 +21,7 @@ import argparse
 import logging
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -243,6 +244,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
                     data["harness_client"], _state.unsent_metrics = _state.unsent_metrics, []
 
         return
+    gevent.signal_handler(signal.SIGTERM, _graceful_stop, environment)
     try:
         plan = _plan_of(environment)
     except HarnessError as exc:
@@ -296,8 +298,14 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
 
 @events.quit.add_listener
 def _on_quit(exit_code: int, **_: Any) -> None:
-    """After the runner stopped: Locust's own final counts, for the orchestrator's record check.
-    (Its CSV is written on a timer and can miss the last second.)"""
+    """After the runner stopped (so users killed mid-stream have written their `stopped` records):
+    close the sinks, and write Locust's own final counts for the orchestrator's record check
+    (its CSV is written on a timer and can miss the last second)."""
+    if _state is not None:
+        _state.close()
+    for sink in (_master_records, _master_client):
+        if sink is not None:
+            sink.close()
     env = _env
     if env is None or env.runner is None or isinstance(env.runner, WorkerRunner) or _plan is None:
         return
@@ -310,13 +318,14 @@ def _on_quit(exit_code: int, **_: Any) -> None:
     (Path(_plan.run_dir) / "locust_counts.json").write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
 
 
-@events.quitting.add_listener
-def _on_quitting(environment: Environment, **_: Any) -> None:
-    if _state is not None:
-        _state.close()
-    for sink in (_master_records, _master_client):
-        if sink is not None:
-            sink.close()
+def _graceful_stop(environment: Environment) -> None:
+    """SIGTERM: stop the users (streams in flight become `stopped` records), then let Locust shut
+    down as at the end of a run. Locust installs its own SIGTERM handler only after a headless
+    shape test has finished, so until then this one is needed."""
+    log.warning("SIGTERM: stopping the run")
+    runner = environment.runner
+    if runner is not None:
+        gevent.spawn(runner.quit)
 
 
 # --- the user ------------------------------------------------------------------------------

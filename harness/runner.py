@@ -28,6 +28,7 @@ from harness.errors import HarnessError, HostError, InputError
 from harness.loadplan import Stage, stages_for, total_duration
 from harness.plan import Plan, Target, build_targets, new_run_id, prompt_dicts
 from harness.records import Spool, read_records
+from harness.recover import recover_run, spool_files
 from harness.scenario import HostSpec, Scenario
 from harness.servers.ready import ChildHost, start_child_host
 from harness.warmup import run_warmup
@@ -224,8 +225,9 @@ def _run_locust(cmd: list[str], log_path: Path) -> int:
         if proc.poll() is not None:
             return
         if interrupts == 1:
+            # Only the master: it stops its workers itself, and they send their last records.
             sys.stderr.write("harness: stopping: finishing the run folder (Ctrl-C again to kill)\n")
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
         else:
             os.killpg(proc.pid, signal.SIGKILL)
 
@@ -242,6 +244,11 @@ def _run_locust(cmd: list[str], log_path: Path) -> int:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+        # Nothing of the run may outlive it (a worker whose master died would go on sending load).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    if interrupts >= 2:
+        return 137
     return 130 if interrupts else code
 
 
@@ -276,6 +283,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
     sampler: _HostSampler | None = None
     manifest_path = run_dir / "manifest.json"
     exit_code = 0
+    report_wanted = opts.report
     stage = "starting hosts"
     try:
         urls: dict[int, tuple[str, str | None, int | None]] = {}
@@ -317,10 +325,21 @@ def execute_run(opts: RunOptions) -> RunOutcome:
             f"harness: {where}{_describe(stages)} against {', '.join(t.label for t in targets)} (run {run_id})\n"
         )
         command = _locust_command(opts, plan_path, run_dir, stages)
+        load_started = time.monotonic()
         code = _run_locust(command, run_dir / "locust" / "locust.log")
+        ran_s = time.monotonic() - load_started
+        if code == 0 and not opts.web and ran_s < total_duration(stages) - 1.0:
+            problems.append(
+                f"Locust stopped after {ran_s:.1f} s of the planned {total_duration(stages):g} s (was it killed?)"
+            )
+            exit_code = 3
         if code == 130:
             problems.append("run interrupted: streams in flight were recorded as `stopped`")
             exit_code = 3
+        elif code == 137:
+            problems.append("run killed on a second interrupt: the report was skipped")
+            exit_code = 3
+            report_wanted = False
         elif code != 0:
             problems.append(f"Locust exited with code {code} (see {run_dir / 'locust' / 'locust.log'})")
             exit_code = 3
@@ -345,16 +364,25 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         for child in children:
             child.stop()
 
-    # --- collect: every request Locust counted must have exactly one record
-    records, broken = (
-        read_records(run_dir / "records.jsonl") if (run_dir / "records.jsonl").exists() else ([], 0)
-    )
+    # --- collect: every request Locust counted must have exactly one record. Records that only a
+    # worker's spool holds (a worker killed before its last report, a master that died) are
+    # merged back first.
+    recovery = recover_run(run_dir) if spool_files(run_dir) else None
+    if recovery is not None and recovery.added:
+        problems.append(
+            f"{recovery.added} record(s) recovered from worker spools that the master never received"
+        )
+    records_path = run_dir / "records.jsonl"
+    records, broken = read_records(records_path) if records_path.exists() else ([], 0)
     measured = sum(1 for r in records if not r.get("warmup"))
     counted = _locust_e2e_count(run_dir)
     workers = _worker_counts(run_dir, records)
     if broken:
         problems.append(f"{broken} broken line(s) in records.jsonl were skipped")
-    if counted is not None and counted != measured:
+    if counted is None and exit_code == 0:
+        problems.append("Locust's final counts are missing: the record count could not be checked")
+        exit_code = 3
+    elif counted is not None and counted > measured:
         problems.append(f"records missing: Locust counted {counted} requests, records.jsonl holds {measured}")
         exit_code = max(exit_code, 3)
     ended = time.time()
@@ -374,7 +402,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         },
     )
     _write_json(manifest_path, manifest)
-    table = _report(run_dir, opts.report, problems)
+    table = _report(run_dir, report_wanted, problems)
     return RunOutcome(run_dir=run_dir, exit_code=exit_code, table=table, problems=problems)
 
 

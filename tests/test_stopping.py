@@ -1,0 +1,112 @@
+"""Stopping and crashing: Ctrl-C/SIGTERM of `harness run`, a worker killed, a master killed.
+
+Whatever is stopped or killed, every record that reached a disk must end up in the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+from harness_helpers import REPO, records, sim_host
+
+pytestmark = pytest.mark.slow
+
+
+def start_run(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def locust_processes(harness_pid: int, want: int, timeout: float = 20) -> tuple[psutil.Process, list[psutil.Process]]:
+    """The Locust master (child of harness run) and its worker processes, once `want` exist."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in psutil.Process(harness_pid).children():
+            if "locust" in " ".join(child.cmdline()):
+                workers = child.children()
+                if len(workers) >= want:
+                    return child, workers
+        time.sleep(0.2)
+    raise AssertionError("Locust processes did not appear")
+
+
+def spool_records(run_dir: Path) -> list[dict]:
+    out = []
+    for p in (run_dir / "spool").glob("*.records.jsonl"):
+        out += [orjson.loads(x) for x in p.read_bytes().splitlines() if x.strip()]
+    return out
+
+
+def keys(recs: list[dict]) -> set[tuple[str, int]]:
+    return {(r["worker"], r["seq"]) for r in recs}
+
+
+def test_sigterm_records_streams_in_flight_as_stopped(tmp_path: Path) -> None:
+    with sim_host("--ttft-ms", "50", "--itl-ms", "20") as sim:
+        proc = start_run("--host", sim.base_url, "--users", "3", "--duration", "60s", "--max-tokens", "100",
+                         "--out", str(tmp_path), "--run-id", "stop")
+        time.sleep(6)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    run_dir = Path(out.strip().splitlines()[-1])
+    assert run_dir == tmp_path / "stop"
+    recs = [r for r in records(run_dir) if not r["warmup"]]
+    stopped = [r for r in recs if r["error"] == "stopped"]
+    assert len(stopped) == 3, "each user's stream in flight is recorded as stopped"
+    assert all(0 <= r["content_events"] < 100 for r in stopped)
+    counts = orjson.loads((run_dir / "locust_counts.json").read_bytes())["counts"]
+    assert counts["E2E"]["requests"] == len(recs)
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    assert manifest["state"] == "incomplete" and "interrupted" in " ".join(manifest["problems"])
+
+
+def test_worker_killed_mid_run_loses_nothing_the_others_sent(tmp_path: Path) -> None:
+    with sim_host("--ttft-ms", "5", "--itl-ms", "2") as sim:
+        proc = start_run("--host", sim.base_url, "--users", "4", "--duration", "10s", "--max-tokens", "20",
+                         "--workers", "2", "--out", str(tmp_path), "--run-id", "kill1")
+        _master, workers = locust_processes(proc.pid, 2)
+        time.sleep(4)
+        victim = workers[0].pid
+        os.kill(victim, signal.SIGKILL)
+        out, _err = proc.communicate(timeout=120)
+    run_dir = Path(out.strip().splitlines()[-1])
+    final = keys(records(run_dir))
+    spooled = spool_records(run_dir)
+    assert keys(spooled) <= final, "every record a worker wrote is in the run folder"
+    survivors = {r["worker"] for r in spooled if not r["worker"].endswith(f":{victim}")}
+    assert survivors and all(k in final for k in keys(spooled) if k[0] in survivors)
+    assert any(r["worker"].endswith(f":{victim}") for r in records(run_dir)), "the killed worker's records are kept"
+
+
+def test_worker_then_master_killed_the_folder_is_recovered(tmp_path: Path) -> None:
+    with sim_host("--ttft-ms", "5", "--itl-ms", "2") as sim:
+        proc = start_run("--host", sim.base_url, "--users", "4", "--duration", "60s", "--max-tokens", "20",
+                         "--workers", "2", "--out", str(tmp_path), "--run-id", "kill2")
+        master, workers = locust_processes(proc.pid, 2)
+        time.sleep(4)
+        os.kill(workers[0].pid, signal.SIGKILL)
+        time.sleep(2)
+        master.send_signal(signal.SIGTERM)
+        out, _err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    run_dir = Path(out.strip().splitlines()[-1])
+    spooled = spool_records(run_dir)
+    final = records(run_dir)
+    assert spooled and keys(spooled) <= keys(final), "the spools' records were merged back"
+    assert len(keys(final)) == len(final), "no record twice"
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    assert manifest["exit_code"] == proc.returncode
