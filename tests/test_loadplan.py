@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 
 import pytest
@@ -73,7 +74,7 @@ def test_constant_arrivals_split_exactly_across_processes() -> None:
     stages = stages_for(load(rate=10, arrival="constant", duration="3s"))
     merged = sorted(t for k in range(3) for t, _ in iter(Arrivals(stages, index=k, count=3).next, None))
     assert len(merged) == 30
-    gaps = [b - a for a, b in zip(merged, merged[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(merged)]
     assert max(gaps) == pytest.approx(0.1) and min(gaps) == pytest.approx(0.1)
 
 
@@ -84,7 +85,7 @@ def test_poisson_arrivals_total_rate_across_processes() -> None:
     # 10,000 expected; Poisson sd = 100: 5 sd either way
     assert 9500 < total < 10500, counts
     times = [t for t, _ in iter(Arrivals(stages, index=0, count=1, seed=1).next, None)]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     # exponential gaps: mean ~ sd ~ 1/rate
     assert statistics.mean(gaps) == pytest.approx(0.02, rel=0.05)
     assert statistics.stdev(gaps) == pytest.approx(0.02, rel=0.1)

@@ -30,7 +30,9 @@ def start_run(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def locust_processes(harness_pid: int, want: int, timeout: float = 20) -> tuple[psutil.Process, list[psutil.Process]]:
+def locust_processes(
+    harness_pid: int, want: int, timeout: float = 20
+) -> tuple[psutil.Process, list[psutil.Process]]:
     """The Locust master (child of harness run) and its worker processes, once `want` exist."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -56,8 +58,20 @@ def keys(recs: list[dict]) -> set[tuple[str, int]]:
 
 def test_sigterm_records_streams_in_flight_as_stopped(tmp_path: Path) -> None:
     with sim_host("--ttft-ms", "50", "--itl-ms", "20") as sim:
-        proc = start_run("--host", sim.base_url, "--users", "3", "--duration", "60s", "--max-tokens", "100",
-                         "--out", str(tmp_path), "--run-id", "stop")
+        proc = start_run(
+            "--host",
+            sim.base_url,
+            "--users",
+            "3",
+            "--duration",
+            "60s",
+            "--max-tokens",
+            "100",
+            "--out",
+            str(tmp_path),
+            "--run-id",
+            "stop",
+        )
         time.sleep(6)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -76,8 +90,22 @@ def test_sigterm_records_streams_in_flight_as_stopped(tmp_path: Path) -> None:
 
 def test_worker_killed_mid_run_loses_nothing_the_others_sent(tmp_path: Path) -> None:
     with sim_host("--ttft-ms", "5", "--itl-ms", "2") as sim:
-        proc = start_run("--host", sim.base_url, "--users", "4", "--duration", "10s", "--max-tokens", "20",
-                         "--workers", "2", "--out", str(tmp_path), "--run-id", "kill1")
+        proc = start_run(
+            "--host",
+            sim.base_url,
+            "--users",
+            "4",
+            "--duration",
+            "10s",
+            "--max-tokens",
+            "20",
+            "--workers",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--run-id",
+            "kill1",
+        )
         _master, workers = locust_processes(proc.pid, 2)
         time.sleep(4)
         victim = workers[0].pid
@@ -89,13 +117,29 @@ def test_worker_killed_mid_run_loses_nothing_the_others_sent(tmp_path: Path) -> 
     assert keys(spooled) <= final, "every record a worker wrote is in the run folder"
     survivors = {r["worker"] for r in spooled if not r["worker"].endswith(f":{victim}")}
     assert survivors and all(k in final for k in keys(spooled) if k[0] in survivors)
-    assert any(r["worker"].endswith(f":{victim}") for r in records(run_dir)), "the killed worker's records are kept"
+    assert any(r["worker"].endswith(f":{victim}") for r in records(run_dir)), (
+        "the killed worker's records are kept"
+    )
 
 
 def test_worker_then_master_killed_the_folder_is_recovered(tmp_path: Path) -> None:
     with sim_host("--ttft-ms", "5", "--itl-ms", "2") as sim:
-        proc = start_run("--host", sim.base_url, "--users", "4", "--duration", "60s", "--max-tokens", "20",
-                         "--workers", "2", "--out", str(tmp_path), "--run-id", "kill2")
+        proc = start_run(
+            "--host",
+            sim.base_url,
+            "--users",
+            "4",
+            "--duration",
+            "60s",
+            "--max-tokens",
+            "20",
+            "--workers",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--run-id",
+            "kill2",
+        )
         master, workers = locust_processes(proc.pid, 2)
         time.sleep(4)
         os.kill(workers[0].pid, signal.SIGKILL)
