@@ -116,25 +116,32 @@ def _latency_vs_throughput(fig_id: str, metric: str, name: str, stage_rows: list
     for i, ((run, host, model), rows) in enumerate(list(curves.items())[:MAX_LINES]):
         rows = sorted(rows, key=lambda r: r["output_tokens_per_s"] or 0.0)
         x = np.array([r["output_tokens_per_s"] or np.nan for r in rows], dtype=np.float64)
-        stage_labels = [
-            str(r["key"]["stage"]) + (f" (c={r['concurrency']:g})" if r["concurrency"] is not None else "")
-            for r in rows
-        ]
+        stages = [str(r["key"]["stage"]) for r in rows]
         label = f"{model} @ {host_label(host or '')}" + (f" [{run}]" if several_runs else "")
         for pct, p95 in (("p50", False), ("p95", True)):
             y = np.array([r[f"{metric}_{pct}"] if r[f"{metric}_{pct}"] is not None else np.nan for r in rows])
-            tips = [f"{s} {pct}" for s in stage_labels]
+            tips = [
+                f"stage {s} (c={_fmt(r['concurrency'])}): {pct} {_fmt(yy)} ms at {_fmt(xx)} tok/s"
+                for s, r, xx, yy in zip(stages, rows, x, y, strict=True)
+            ]
+            tags = stages if labelled and not p95 else ()
             lines.append(
-                Line(label, x, y, color=i, dashed=p95, markers=True, point_labels=tips, in_legend=not p95)
+                Line(label, x, y, color=i, dashed=p95, markers=True, tips=tips, tags=tags, in_legend=not p95)
             )
-    chart = Chart(f"{name} against output throughput, one point per stage", "output tokens/s", f"{name} (ms)")
-    chart_svg = line_chart(chart, lines, label_points=labelled)
+    chart = Chart(
+        f"{name} against output throughput, one point per stage", "output tokens/s", f"{name} (ms)", x_min=0.0
+    )
+    chart_svg = line_chart(chart, lines)
     caption = (
         f"{name} p50 (solid) and p95 (dashed) against output tokens/s, one point per stage (hover a point for its "
         "stage): where the curve turns upward, more load buys little throughput for much more latency; the "
         "operating point to pick is just before."
     )
     return Figure(fig_id, caption, chart_svg, legend(lines))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:,.4g}"
 
 
 def _time_axis(ctx: ReportContext, rows: IntArray, max_bins: int) -> tuple[IntArray, int, int]:

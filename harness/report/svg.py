@@ -68,7 +68,10 @@ class Line:
     color: int = 0
     dashed: bool = False
     markers: bool = False
-    point_labels: Sequence[str] = field(default_factory=tuple)
+    tips: Sequence[str] = field(default_factory=tuple)
+    """Per point: a tooltip."""
+    tags: Sequence[str] = field(default_factory=tuple)
+    """Per point: a short text written beside it."""
     in_legend: bool = True
 
 
@@ -129,7 +132,8 @@ def _fmt(t: float) -> str:
 class _Axis:
     """Maps data to pixels on one axis."""
 
-    def __init__(self, lo: float, hi: float, a: float, b: float, log: bool) -> None:
+    def __init__(self, lo: float, hi: float, a: float, b: float, log: bool, *, to_ticks: bool) -> None:
+        """`to_ticks`: widen [lo, hi] to the round ticks around it (y axes), else keep it (x axes)."""
         if log:
             lo, hi = max(lo, 1e-9), max(hi, lo * 10 if hi <= lo else hi)
             self.ticks = _log_ticks(lo, hi)
@@ -137,7 +141,8 @@ class _Axis:
             if hi <= lo:
                 lo, hi = lo - 1, hi + 1
             self.ticks = nice_ticks(lo, hi)
-            lo, hi = min(lo, self.ticks[0]), max(hi, self.ticks[-1])
+            if to_ticks:
+                lo, hi = min(lo, self.ticks[0]), max(hi, self.ticks[-1])
         self.lo, self.hi, self.a, self.b, self.log = lo, hi, a, b, log
 
     def __call__(self, v: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -181,9 +186,8 @@ def _frame(chart: Chart, xa: _Axis, ya: _Axis) -> list[str]:
     return out
 
 
-def line_chart(chart: Chart, lines: Sequence[Line], *, label_points: bool = False) -> str:
-    """Lines (and/or markers) over shared axes; NaN points are left out. Point labels show as
-    tooltips, and beside the points too with `label_points`."""
+def line_chart(chart: Chart, lines: Sequence[Line]) -> str:
+    """Lines (and markers) over shared axes; NaN points are left out."""
     finite = [(ln, np.isfinite(ln.x) & np.isfinite(ln.y)) for ln in lines]
     xs = np.concatenate([ln.x[m] for ln, m in finite] or [np.zeros(0)])
     ys = np.concatenate([ln.y[m] for ln, m in finite] or [np.zeros(0)])
@@ -194,9 +198,9 @@ def line_chart(chart: Chart, lines: Sequence[Line], *, label_points: bool = Fals
     if xs.size == 0 or ys.size == 0:
         return _empty(chart)
     x_lo = float(xs.min()) if chart.x_min is None else min(chart.x_min, float(xs.min()))
-    xa = _Axis(x_lo, float(xs.max()), _MARGIN_LEFT, chart.width - _MARGIN_RIGHT, chart.x_log)
+    xa = _Axis(x_lo, float(xs.max()), _MARGIN_LEFT, chart.width - _MARGIN_RIGHT, chart.x_log, to_ticks=False)
     y_lo = 0.0 if chart.y_from_zero and not chart.y_log else float(ys.min())
-    ya = _Axis(y_lo, float(ys.max()), chart.height - _MARGIN_BOTTOM, _MARGIN_TOP, chart.y_log)
+    ya = _Axis(y_lo, float(ys.max()), chart.height - _MARGIN_BOTTOM, _MARGIN_TOP, chart.y_log, to_ticks=True)
     out = _frame(chart, xa, ya)
     for ln, m in finite:
         color = PALETTE[ln.color % len(PALETTE)]
@@ -206,14 +210,16 @@ def line_chart(chart: Chart, lines: Sequence[Line], *, label_points: bool = Fals
             dash = ' stroke-dasharray="6 4"' if ln.dashed else ""
             out.append(f'<polyline class="series" points="{points}" stroke="{color}"{dash}/>')
         if ln.markers or px.size == 1:
-            labels = list(ln.point_labels) if len(ln.point_labels) == len(ln.x) else []
-            kept = [labels[i] for i in np.flatnonzero(m)] if labels else []
-            for j, (a, b) in enumerate(zip(px, py, strict=True)):
-                tip = f"<title>{escape(ln.label)}: {escape(kept[j])}</title>" if kept else ""
+            kept = np.flatnonzero(m).tolist()
+            for j, (a, b) in zip(kept, zip(px, py, strict=True), strict=True):
+                tip = f"<title>{escape(ln.label)}: {escape(ln.tips[j])}</title>" if j < len(ln.tips) else ""
                 out.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3.5" fill="{color}">{tip}</circle>')
-                if kept and label_points:
+                if j < len(ln.tags):
+                    right = a > chart.width - _MARGIN_RIGHT - 60  # near the edge: write it to the left
+                    anchor, dx = ("end", -6) if right else ("start", 6)
                     out.append(
-                        f'<text class="point-label" x="{a + 5:.1f}" y="{b - 6:.1f}">{escape(kept[j])}</text>'
+                        f'<text class="point-label" x="{a + dx:.1f}" y="{b - 6:.1f}" text-anchor="{anchor}">'
+                        f"{escape(ln.tags[j])}</text>"
                     )
     out.append("</svg>")
     return "\n".join(out)
@@ -224,8 +230,17 @@ def stacked_bars(chart: Chart, x: npt.NDArray[np.float64], width: float, stacks:
     if not stacks or x.size == 0:
         return _empty(chart)
     total = np.sum([s.heights for s in stacks], axis=0)
-    xa = _Axis(float(x.min()), float(x.max() + width), _MARGIN_LEFT, chart.width - _MARGIN_RIGHT, False)
-    ya = _Axis(0.0, float(max(total.max(), 1.0)), chart.height - _MARGIN_BOTTOM, _MARGIN_TOP, False)
+    xa = _Axis(
+        float(x.min()),
+        float(x.max() + width),
+        _MARGIN_LEFT,
+        chart.width - _MARGIN_RIGHT,
+        False,
+        to_ticks=False,
+    )
+    ya = _Axis(
+        0.0, float(max(total.max(), 1.0)), chart.height - _MARGIN_BOTTOM, _MARGIN_TOP, False, to_ticks=True
+    )
     out = _frame(chart, xa, ya)
     base = np.zeros_like(total, dtype=np.float64)
     bar_w = max(float(xa(width) - xa(0)) - 0.5, 0.8)
