@@ -57,6 +57,8 @@ class Target:
     pid: int | None = None
     api_key_env: str | None = None
     api_key_file: str | None = None
+    down_since_utc: str | None = None
+    """Set after the run when every request from some moment on failed to reach the host."""
 
 
 @dataclass

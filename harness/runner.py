@@ -170,6 +170,7 @@ def _manifest(
                 "weight": t.weight,
                 "embedded": t.embedded,
                 "pid": t.pid,
+                "down_since_utc": t.down_since_utc,
             }
             for t in targets
         ],
@@ -385,6 +386,14 @@ def execute_run(opts: RunOptions) -> RunOutcome:
     elif counted is not None and counted > measured:
         problems.append(f"records missing: Locust counted {counted} requests, records.jsonl holds {measured}")
         exit_code = max(exit_code, 3)
+    for host, since_ns, n_failed in _hosts_down(records):
+        when = _utc(since_ns / 1e9)
+        problems.append(
+            f"host {host} went down at {when}: its last {n_failed} requests failed to connect or were cut"
+        )
+        for t in targets:
+            if t.url == host:
+                t.down_since_utc = when
     ended = time.time()
     manifest = _manifest(
         opts,
@@ -419,6 +428,29 @@ def _check_warmup(plan: Plan, failed: list[Any], per_model: int) -> None:
             raise HostError(
                 f"host {host}: warm-up request to model {model} failed ({r.error}: {r.error_detail})"
             )
+
+
+_DOWN = ("connect", "stream_cut", "timeout")
+
+
+def _hosts_down(records: list[dict[str, Any]], min_failures: int = 3) -> list[tuple[str, int, int]]:
+    """Hosts whose requests all failed from some point to the end: (host, since_unix_ns, failures).
+
+    "Down" means every request from that moment on could not connect, timed out or was cut;
+    HTTP errors mean the host answered, so they never mark it down."""
+    by_host: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if not r.get("warmup"):
+            by_host.setdefault(r["host"], []).append(r)
+    out = []
+    for host, recs in by_host.items():
+        recs.sort(key=lambda r: r["sent_unix_ns"])
+        tail = 0
+        while tail < len(recs) and recs[-1 - tail].get("error") in _DOWN:
+            tail += 1
+        if tail >= min_failures and tail < len(recs):
+            out.append((host, int(recs[-tail]["sent_unix_ns"]), tail))
+    return out
 
 
 def _worker_counts(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -266,3 +266,6 @@ def test_host_failing_mid_run_is_recorded_and_run_goes_on(tmp_path: Path) -> Non
     errors = Counter(r["error"] for r in measured)
     assert errors[None] > 0 and errors["connect"] > 0, errors
     assert set(errors) <= {None, "connect", "stream_cut"}, errors
+    manifest = orjson.loads((Path(last_line(proc.stdout)) / "manifest.json").read_bytes())
+    assert manifest["hosts"][0]["down_since_utc"], "the summary says when the host went down"
+    assert any("went down" in p for p in manifest["problems"])
