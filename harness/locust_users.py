@@ -37,6 +37,7 @@ from locust import User, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
+from harness import weblogin  # noqa: F401  (registers the web UI login)
 from harness.client import ChatResult, Connection, Timeouts, chat_body
 from harness.errors import HarnessError
 from harness.loadplan import Arrivals, Stage, stage_at

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import ipaddress
 import os
 import platform
 import signal
@@ -32,11 +33,22 @@ from harness.recover import recover_run, spool_files
 from harness.scenario import HostSpec, Scenario
 from harness.servers.ready import ChildHost, start_child_host
 from harness.warmup import run_warmup
+from harness.webauth import PASSWORD_ENV, USER_ENV
 
 __all__ = ["DEFAULT_EMBEDDED", "RunOptions", "RunOutcome", "execute_run", "options_to_flags"]
 
 #: What `harness run` starts when the scenario names no host.
 DEFAULT_EMBEDDED = "foundry"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 LOCUSTFILE_STAGED = Path(__file__).with_name("locustfile_staged.py")
@@ -189,6 +201,8 @@ def _locust_command(opts: RunOptions, plan_path: Path, run_dir: Path, stages: li
         first = stages[0]
         cmd += ["-f", str(LOCUSTFILE), "--web-host", opts.web_host, "--web-port", str(opts.web_port)]
         cmd += ["-u", str(first.users), "-r", f"{first.spawn_rate:g}"]
+        if not _is_loopback(opts.web_host):
+            cmd += ["--web-login"]
     else:
         cmd += ["-f", str(LOCUSTFILE_STAGED), "--headless", "--only-summary"]
     cmd += ["--harness-plan", str(plan_path), "--run-dir", str(run_dir)]
@@ -263,6 +277,11 @@ def _locust_e2e_count(run_dir: Path) -> int | None:
 
 
 def execute_run(opts: RunOptions) -> RunOutcome:
+    if opts.web and not _is_loopback(opts.web_host) and not os.environ.get(PASSWORD_ENV):
+        raise InputError(
+            f"--web-host {opts.web_host}: a web UI reachable from other machines needs a login; "
+            f"set {PASSWORD_ENV} (and optionally {USER_ENV})"
+        )
     sc = opts.scenario
     if not sc.hosts:
         sc = sc.model_copy(update={"hosts": [HostSpec(embedded=DEFAULT_EMBEDDED)]})
