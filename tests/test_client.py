@@ -38,12 +38,12 @@ def test_ttft_is_first_content_not_role_chunk() -> None:
     assert res.ok and res.error is None, res.error_detail
     ttfb_ms = (res.first_byte_ns - res.sent_ns) / 1e6
     ttft_ms = (res.first_token_ns - res.sent_ns) / 1e6
-    assert ttfb_ms < 60, "role chunk comes at once"
+    assert ttfb_ms < 75, "role chunk comes at once, well before the first token"
     assert ttft_ms >= 79, "first token only after the scripted 80 ms"
     assert res.content_events == 5 and res.output_tokens == 5 and res.tokens_source == "usage"
     assert res.input_tokens == 7 and res.finish_reason == "length"
-    gaps = [(b - a) / 1e6 for a, b in zip(res.token_ns, res.token_ns[1:], strict=False)]
-    assert min(gaps) >= 9, gaps
+    # The server cannot send early; a busy client can only read late (and so in bursts): lower bounds.
+    assert (res.last_token_ns - res.first_token_ns) / 1e6 >= 4 * 10 - 1
     req = log.requests[0]
     assert req.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
 
