@@ -353,6 +353,11 @@ class ChatUser(User):
         self.rng = random.Random(f"{sc.seed}:{st.worker}:{st.user_index}")
         self.prompts = st.plan.prompts
         self.connect_failures = 0
+        # Locust starts a batch of users at once each second; without a random first wait they
+        # would send, and with fixed lengths keep sending, in lock-step (measurement.md: the first
+        # wave inflates the tail). Open-loop users wait for their arrivals instead.
+        if sc.load.stagger and not st.stage().rate:
+            gevent.sleep(self.rng.uniform(0, sc.load.stagger))
 
     def on_stop(self) -> None:
         self.conn.close()

@@ -217,6 +217,11 @@ class LoadSpec(_Model):
     stop_timeout: float = Field(
         0.0, ge=0, description="seconds streams running at the end may take to finish"
     )
+    stagger: float = Field(
+        1.0,
+        ge=0,
+        description="each user's first request waits a random 0..stagger s, so users never start in lock-step",
+    )
     rate: float | None = Field(None, gt=0, description="open loop: requests per second over all workers")
     arrival: Literal["poisson", "constant"] = Field("poisson", description="open-loop arrival process")
     max_in_flight: int = Field(
