@@ -121,28 +121,36 @@ def dist(values: npt.ArrayLike, *, scale: float = 1.0) -> dict[str, float | int 
 
 class PooledIntDist:
     """`dist` of integer samples added in chunks (pooled ITL gaps: tens of millions of µs values),
-    exact, without keeping the samples: a count per value below `dense_limit`, the rest kept as is.
+    exact, without keeping the samples: a count per value in [0, `dense_limit`), the rest kept as is.
 
     Formula: as `dist` (same linear interpolation between closest ranks), over every sample added.
     Accumulators of disjoint sample sets merge by `+` into the accumulator of their union.
     """
 
     def __init__(self, dense_limit: int = 1 << 20) -> None:
-        self.counts = np.zeros(dense_limit, np.int64)
+        self.dense_limit = dense_limit
+        self.counts = np.zeros(0, np.int64)
+        """Grown to the largest dense value seen, so that many small groups stay small."""
         self.others: list[IntArray] = []
         self.total = 0
 
     def add(self, values: npt.NDArray[np.integer[Any]]) -> None:
-        v = np.asarray(values, dtype=np.int64)
-        dense = (v >= 0) & (v < self.counts.size)
-        self.counts += np.bincount(v[dense], minlength=self.counts.size)
-        if not dense.all():
-            self.others.append(v[~dense])
-        self.total += int(v.sum())
+        v = np.asarray(values)
+        dense = (v >= 0) & (v < self.dense_limit)
+        d = v[dense]
+        if d.size:
+            counts = np.bincount(d, minlength=self.counts.size)
+            counts[: self.counts.size] += self.counts
+            self.counts = counts
+        if d.size != v.size:
+            self.others.append(v[~dense].astype(np.int64))
+        self.total += int(v.sum(dtype=np.int64))
 
     def __add__(self, other: PooledIntDist) -> PooledIntDist:
-        out = PooledIntDist(self.counts.size)
-        out.counts = self.counts + other.counts
+        out = PooledIntDist(self.dense_limit)
+        small, large = sorted((self.counts, other.counts), key=len)
+        out.counts = large.copy()
+        out.counts[: small.size] += small
         out.others = self.others + other.others
         out.total = self.total + other.total
         return out
@@ -151,7 +159,7 @@ class PooledIntDist:
         others = np.sort(np.concatenate(self.others)) if self.others else np.zeros(0, np.int64)
         below, above = others[others < 0], others[others >= 0]  # kept values lie outside the counts
         cum = np.cumsum(self.counts)
-        n_below, n_dense = below.size, int(cum[-1])
+        n_below, n_dense = below.size, int(cum[-1]) if cum.size else 0
         n = n_below + n_dense + above.size
         if n == 0:
             return dist(np.zeros(0))

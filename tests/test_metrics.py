@@ -46,7 +46,7 @@ def test_pooled_int_dist_equals_dist(seed: int) -> None:
     values = rng.integers(-3, 3000, int(rng.integers(1, 400)))
     pooled = metrics.PooledIntDist(dense_limit=int(rng.integers(1, 2000)))
     for part in np.array_split(values, 4):
-        one = metrics.PooledIntDist(pooled.counts.size)
+        one = metrics.PooledIntDist(pooled.dense_limit)
         one.add(part)
         pooled = pooled + one
     assert pooled.dist(scale=1e-3) == pytest.approx(metrics.dist(values, scale=1e-3))

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
 
 from harness import metrics
 from harness.errors import InputError
@@ -50,8 +51,6 @@ DISTRIBUTIONS = (
 
 Row = dict[str, Any]
 
-_ITL_CHUNK_ROWS = 50_000
-
 
 def check_by(by: Sequence[str] | None) -> tuple[str, ...]:
     """Validate group keys; None -> the default (run, host, model, stage)."""
@@ -77,36 +76,54 @@ class Summarizer:
 
     def groups(self, by: Sequence[str], *, itl: bool = True) -> list[Row]:
         """One row per group, ordered by each key's order of first appearance in the records."""
-        return [
-            {"key": key} | self._row(rows, _itl(self.ds, rows) if itl else None)
-            for key, rows in self.partition(by)
-        ]
+        parts = self.partition(by)
+        itls = self._itl(parts) if itl else [None] * len(parts)
+        return [{"key": key} | self._row(rows, d) for (key, rows), d in zip(parts, itls, strict=True)]
 
     def groups_and_overall(self, by: Sequence[str]) -> tuple[list[Row], Row]:
         """`groups(by)` and the overall row, pooling the groups' ITL gaps rather than reading them twice."""
         parts = self.partition(by)
-        itls = [_itl(self.ds, rows) for _, rows in parts]
-        groups = [{"key": key} | self._row(rows, itl) for (key, rows), itl in zip(parts, itls, strict=True)]
+        itls = self._itl(parts)
+        groups = [{"key": key} | self._row(rows, d) for (key, rows), d in zip(parts, itls, strict=True)]
         pooled = sum(itls[1:], itls[0]) if itls else metrics.PooledIntDist()
         return groups, {"key": OVERALL} | self._row(self.measured, pooled)
 
     def partition(
         self, by: Sequence[str], rows: npt.NDArray[np.int64] | None = None
     ) -> list[tuple[dict[str, str | None], npt.NDArray[np.int64]]]:
-        """(key, ascending row numbers) per group of `rows` (default: the measured records)."""
+        """(key, ascending row numbers) per group of `rows` (default: the measured records), groups in
+        the order of their key values' first appearance (categories' order), missing values last."""
         rows = self.measured if rows is None else rows
         if rows.size == 0:
             return []
-        fields = [BY_COLUMNS[k] for k in by]
-        grouped = self.ds.frame.iloc[rows][fields].groupby(fields, observed=True, sort=True, dropna=False)
-        sizes = grouped.size()
-        order = np.argsort(grouped.ngroup().to_numpy(), kind="stable")
-        rows_of = np.split(rows[order], np.cumsum(sizes.to_numpy())[:-1])
-        keys = [k if isinstance(k, tuple) else (k,) for k in sizes.index]
+        combined = np.zeros(rows.size, np.int64)
+        radix = 1
+        for name in by:
+            codes = self.cols.codes[BY_COLUMNS[name]][rows]
+            n = int(codes.max(initial=-1)) + 2
+            combined = combined * n + np.where(codes < 0, n - 1, codes)
+            radix *= n
+            if radix > 1 << 31:  # keep the mixed-radix code far from overflowing: re-number densely
+                uniq, combined = np.unique(combined, return_inverse=True)
+                radix = uniq.size
+        _, group_of = np.unique(combined, return_inverse=True)
+        sizes = np.bincount(group_of)
+        rows_of = np.split(rows[np.argsort(group_of, kind="stable")], np.cumsum(sizes)[:-1])
+        frame = self.ds.frame
         return [
-            ({name: _key_value(v) for name, v in zip(by, key, strict=True)}, group_rows)
-            for key, group_rows in zip(keys, rows_of, strict=True)
+            ({name: _key_value(frame[BY_COLUMNS[name]].iat[group_rows[0]]) for name in by}, group_rows)
+            for group_rows in rows_of
         ]
+
+    def _itl(
+        self, parts: list[tuple[dict[str, str | None], npt.NDArray[np.int64]]]
+    ) -> list[metrics.PooledIntDist]:
+        """Each group's pooled ITL over its successful requests, in one pass over every record's events."""
+        group_of = np.full(self.cols.ok.size, -1, np.int32)
+        for g, (_, rows) in enumerate(parts):
+            group_of[rows] = g
+        group_of[~self.cols.ok] = -1
+        return _itl_by_group(self.ds, group_of, len(parts))
 
     def window_s(self, rows: npt.NDArray[np.int64]) -> float | None:
         """The measured window of these records (see `_window_s`)."""
@@ -137,6 +154,8 @@ class Columns:
     hosts: list[str]
     run_index: npt.NDArray[np.int32]
     has_slo: npt.NDArray[np.bool_]
+    codes: dict[str, npt.NDArray[np.int64]]
+    """Category codes of the `--by` fields (-1: missing)."""
 
     @classmethod
     def of(cls, ds: Dataset) -> Columns:
@@ -175,6 +194,7 @@ class Columns:
             hosts=[str(c) for c in host.categories],
             run_index=f["run_index"].to_numpy(np.int32),
             has_slo=f["has_slo"].to_numpy(bool),
+            codes={name: np.asarray(f[name].cat.codes, dtype=np.int64) for name in BY_COLUMNS.values()},
         )
 
 
@@ -250,15 +270,31 @@ def _window_s(
     return metrics.window_s(np.minimum.reduceat(sent[order], cuts), np.maximum.reduceat(end[order], cuts))
 
 
-def _itl(ds: Dataset, rows: npt.NDArray[np.int64]) -> metrics.PooledIntDist:
-    """Pooled gaps between content events of the successful requests among `rows`, read in chunks."""
-    pooled = metrics.PooledIntDist()
-    ok_rows = rows[ds.frame["ok"].to_numpy()[rows]]
-    for chunk in np.array_split(ok_rows, max(1, -(-ok_rows.size // _ITL_CHUNK_ROWS))):
-        values, lengths = ds.events_of(chunk)
+def _itl_by_group(ds: Dataset, group_of: npt.NDArray[np.int32], n_groups: int) -> list[metrics.PooledIntDist]:
+    """Pooled gaps between content events per group (`group_of[row]`, -1: not counted), one pass
+    over the events: per block, records are put in group order and their gaps taken in that order."""
+    pooled = [metrics.PooledIntDist() for _ in range(n_groups)]
+    for first, offsets, lengths in ds.blocks():
+        groups = group_of[first : first + lengths.size]
+        counted = np.flatnonzero(groups >= 0)
+        if counted.size == 0:
+            continue
         starts = np.zeros(lengths.size + 1, np.int64)
         np.cumsum(lengths, out=starts[1:])
-        pooled.add(metrics.itl_gaps_us(values, starts))
+        gaps = metrics.itl_gaps_us(offsets, starts)
+        n_gaps = np.maximum(lengths - 1, 0)
+        gap_starts = np.zeros(lengths.size + 1, np.int64)
+        np.cumsum(n_gaps, out=gap_starts[1:])
+        order = counted[np.argsort(groups[counted], kind="stable")]
+        by_group = pa.LargeListArray.from_arrays(pa.array(gap_starts), pa.array(gaps)).take(pa.array(order))
+        flat = by_group.flatten().to_numpy()
+        ends = np.cumsum(
+            np.bincount(groups[order], weights=n_gaps[order], minlength=n_groups).astype(np.int64)
+        )
+        for g in np.unique(groups[order]):
+            flat_g = flat[(ends[g - 1] if g else 0) : ends[g]]
+            if flat_g.size:
+                pooled[g].add(flat_g)
     return pooled
 
 

@@ -127,6 +127,7 @@ def build(
     report = Report(summary)
     for name in names:
         report.files += WRITERS[name](ctx, out_dir)
+    ds.wait()
     return report
 
 

@@ -233,6 +233,8 @@ def compare(
                     threshold_pct,
                 )
             )
+    for s, _, _ in sides:
+        s.ds.wait()
     return out
 
 

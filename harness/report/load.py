@@ -9,6 +9,8 @@ keyed on the JSONL's size and mtime), `manifest.json` (run id, the scenario's SL
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ RECORDS_NAME = "records.jsonl"
 MANIFEST_NAME = "manifest.json"
 HOST_METRICS_NAME = "host_metrics.jsonl"
 CACHE_NAME = "records.cache.parquet"
-_CACHE_VERSION = "2"
+_CACHE_VERSION = "3"
 CACHE_ROW_GROUP = 65_536
 STRING_NAMES = [n for n, _ in STRING_FIELDS]
 _SLO_KEYS = ("ttft_ms", "tpot_ms", "e2e_ms")
@@ -58,26 +60,33 @@ class Dataset:
     frame: pd.DataFrame
     """Record fields of `jsonl.SCHEMA` but `event_offsets_us`; strings are categoricals, missing
     numbers NaN; plus `run_index` (into `runs`)."""
-    offsets_us: npt.NDArray[np.int32]
-    """Every record's `event_offsets_us`, one record after another."""
-    starts: npt.NDArray[np.int64]
-    """Record i owns `offsets_us[starts[i]:starts[i+1]]`."""
+    events: pa.ChunkedArray
+    """Every record's `event_offsets_us`, in blocks as read (never concatenated: that copy is big)."""
     runs: list[Run]
     host_samples: pd.DataFrame = field(default_factory=pd.DataFrame)
     """`host_metrics.jsonl` lines of every run, with `run_index`: host, t_unix_ns, rss_bytes, cpu_percent."""
+    cache_writers: list[threading.Thread] = field(default_factory=list)
+    """Parquet caches still being written; `wait` before the process may end."""
     n_events: npt.NDArray[np.int64] = field(init=False)
     """Content events per record."""
 
     def __post_init__(self) -> None:
-        self.n_events = np.diff(self.starts)
+        lengths = [pc.list_value_length(c).to_numpy(zero_copy_only=False) for c in self.events.chunks]
+        self.n_events = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
 
-    def events_of(self, rows: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
-        """(offsets, lengths) of the given records' events, records one after another (rows ascending)."""
-        lengths = self.n_events[rows]
-        if rows.size == self.n_events.size:
-            return self.offsets_us, lengths
-        events = pa.LargeListArray.from_arrays(pa.array(self.starts), pa.array(self.offsets_us))
-        return events.take(pa.array(rows)).flatten().to_numpy(), lengths
+    def wait(self) -> None:
+        """Wait for the Parquet caches being written in the background."""
+        for writer in self.cache_writers:
+            writer.join()
+
+    def blocks(self) -> Iterator[tuple[int, npt.NDArray[np.int32], npt.NDArray[np.int64]]]:
+        """Per block of records as stored: (row of its first record, the block's event offsets one
+        record after another, events per record). Views, not copies."""
+        row = 0
+        for chunk in self.events.chunks:
+            n = len(chunk)
+            yield row, chunk.flatten().to_numpy(), self.n_events[row : row + n]
+            row += n
 
 
 def load_runs(run_dirs: list[Path]) -> Dataset:
@@ -87,20 +96,22 @@ def load_runs(run_dirs: list[Path]) -> Dataset:
     runs: list[Run] = []
     tables: list[pa.Table] = []
     samples: list[pd.DataFrame] = []
+    writers: list[threading.Thread] = []
     for i, run_dir in enumerate(run_dirs):
         records_path = _records_path(run_dir)
         manifest = _read_manifest(run_dir)
-        table, broken, from_cache = _read_records(records_path)
+        table, broken, writer = _read_records(records_path)
         run_id = str(manifest.get("run_id") or run_dir.name)
-        runs.append(Run(run_dir, run_id, manifest, _slo(manifest), table.num_rows, broken, from_cache))
+        runs.append(Run(run_dir, run_id, manifest, _slo(manifest), table.num_rows, broken, writer is None))
+        writers += [writer] if writer else []
         tables.append(table.append_column("run_index", pa.array(np.full(table.num_rows, i, np.int32))))
         samples.append(_read_host_metrics(run_dir, i))
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    offsets_us, starts = _events(table.column("event_offsets_us"))
+    events = table.column("event_offsets_us")
     frame = _frame(table.drop_columns(["event_offsets_us"]))
     non_empty = [s for s in samples if not s.empty]
     host_samples = pd.concat(non_empty, ignore_index=True) if non_empty else pd.DataFrame()
-    return Dataset(frame, offsets_us, starts, runs, host_samples)
+    return Dataset(frame, events, runs, host_samples, writers)
 
 
 def _records_path(run_dir: Path) -> Path:
@@ -134,21 +145,25 @@ def _slo(manifest: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in limits.items() if math.isfinite(v)}
 
 
-def _read_records(path: Path) -> tuple[pa.Table, int, bool]:
-    """(table, broken lines, from cache): the Parquet cache when it matches the JSONL, else parse."""
+def _read_records(path: Path) -> tuple[pa.Table, int, threading.Thread | None]:
+    """(table, broken lines, the thread writing a new cache): the Parquet cache when it matches the
+    JSONL (no thread), else the JSONL parsed, and the cache written while the report computes."""
     stat = path.stat()
     key = {"version": _CACHE_VERSION, "size": str(stat.st_size), "mtime_ns": str(stat.st_mtime_ns)}
     cache = path.with_name(CACHE_NAME)
     cached = _read_cache(cache, key)
     if cached is not None:
-        return *cached, True
+        return *cached, None
     table, broken = read_jsonl(path)
-    _write_cache(cache, table, key | {"broken": str(broken)})
+    writer = threading.Thread(
+        target=_write_cache, args=(cache, table, key | {"broken": str(broken)}), name="cache"
+    )
+    writer.start()
     for name in STRING_NAMES:
         table = table.set_column(
             table.schema.get_field_index(name), name, pc.dictionary_encode(table.column(name))
         )
-    return table, broken, False
+    return table, broken, writer
 
 
 def _read_cache(cache: Path, key: dict[str, str]) -> tuple[pa.Table, int] | None:
@@ -173,25 +188,14 @@ def _write_cache(cache: Path, table: pa.Table, meta: dict[str, str]) -> None:
             table,
             tmp,
             row_group_size=CACHE_ROW_GROUP,
-            compression="lz4",
+            compression="none",
             use_dictionary=STRING_NAMES,
             # Offsets rise within a record: deltas pack small and decode fast.
             column_encoding={"event_offsets_us": "DELTA_BINARY_PACKED"},
         )
         tmp.replace(cache)
-    except OSError:
+    except (OSError, pa.ArrowException):
         tmp.unlink(missing_ok=True)
-
-
-def _events(column: pa.ChunkedArray) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
-    """Flatten the list column into (values, starts)."""
-    lengths = [pc.list_value_length(c).to_numpy(zero_copy_only=False) for c in column.chunks]
-    starts = np.zeros(len(column) + 1, np.int64)
-    if lengths:
-        np.cumsum(np.concatenate(lengths), out=starts[1:])
-    chunks = [c.flatten().to_numpy() for c in column.chunks]
-    values = chunks[0] if len(chunks) == 1 else np.concatenate(chunks or [np.zeros(0, np.int32)])
-    return values, starts
 
 
 def _frame(table: pa.Table) -> pd.DataFrame:

@@ -68,9 +68,10 @@ def select(ds: Dataset, trim_s: float | None = None) -> Selection:
     f = ds.frame
     f["end_unix_ns"] = metrics.end_unix_ns(f["sent_unix_ns"].to_numpy(), f["e2e_ms"].to_numpy())
     live = ~f["warmup"].to_numpy()
-    stages = _trim(f, live, trim_s)
+    stage = _codes(f, ["run_id", "stage"])
+    stages = _trim(f, live, stage, trim_s)
     f["measured"] = live & ~f["trimmed"].to_numpy()
-    f["concurrency"] = _concurrency(f, live)
+    f["concurrency"] = _concurrency(f, live, stage)
     f["ttft_c1_ms"] = _ttft_at_c1(f)
     run_index = f["run_index"].to_numpy()
     for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
@@ -88,37 +89,49 @@ def select(ds: Dataset, trim_s: float | None = None) -> Selection:
     )
 
 
-def _trim(f: pd.DataFrame, live: np.ndarray, trim_s: float | None) -> list[StageTrim]:
-    """Set `f.trimmed`: live records sent in the first or last N s of their (run, stage)."""
-    stage_key = ["run_id", "stage"]
-    bounds = f[live].groupby(stage_key, observed=True, sort=False)["sent_unix_ns"].agg(["min", "max", "size"])
-    span_s = (bounds["max"] - bounds["min"]) / 1e9
-    trims = [default_trim_s(s) if trim_s is None else trim_s for s in span_s]
-    bounds["trim_ns"] = np.array(trims, dtype=np.float64) * 1e9
-    per_record = bounds.reindex(pd.MultiIndex.from_arrays([f[k] for k in stage_key])).fillna(0)
-    first = per_record["min"].to_numpy(np.int64)
-    last = per_record["max"].to_numpy(np.int64)
-    n_ns = per_record["trim_ns"].to_numpy(np.int64)
-    sent = f["sent_unix_ns"].to_numpy()
-    f["trimmed"] = live & ((sent < first + n_ns) | (sent > last - n_ns))
-    counts = f.groupby(stage_key, observed=True)["trimmed"].sum()
+def _codes(f: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """Per record, the number of its group of `keys` (0, 1, ... in order of appearance)."""
+    return np.asarray(f[keys].groupby(keys, observed=True, sort=False, dropna=False).ngroup(), dtype=np.int64)
+
+
+def _trim(f: pd.DataFrame, live: np.ndarray, stage: np.ndarray, trim_s: float | None) -> list[StageTrim]:
+    """Set `f.trimmed`: live records sent in the first or last N s of their (run, stage) (`stage`: codes)."""
+    n = int(stage.max(initial=-1)) + 1
+    sent = f["sent_unix_ns"].to_numpy(np.int64)
+    first = np.full(n, np.iinfo(np.int64).max)
+    last = np.full(n, np.iinfo(np.int64).min)
+    np.minimum.at(first, stage[live], sent[live])
+    np.maximum.at(last, stage[live], sent[live])
+    size = np.bincount(stage[live], minlength=n)
+    span_s = np.where(size > 0, (last - first) / 1e9, 0.0)
+    trims = np.array([default_trim_s(x) if trim_s is None else trim_s for x in span_s])
+    trim_ns = (trims * 1e9).astype(np.int64)
+    trimmed = live & ((sent < first[stage] + trim_ns[stage]) | (sent > last[stage] - trim_ns[stage]))
+    f["trimmed"] = trimmed
+    n_trimmed = np.bincount(stage[trimmed], minlength=n)
+    first_row = np.unique(stage, return_index=True)[1]
+    run, name = f["run_id"].iloc[first_row].tolist(), f["stage"].iloc[first_row].tolist()
     return [
-        StageTrim(str(run), str(stage), span, trim, int(size), int(counts.get((run, stage), 0)))
-        for (run, stage), size, span, trim in zip(bounds.index, bounds["size"], span_s, trims, strict=True)
+        StageTrim(
+            str(run[i]), str(name[i]), float(span_s[i]), float(trims[i]), int(size[i]), int(n_trimmed[i])
+        )
+        for i in range(n)
+        if size[i]
     ]
 
 
-def _concurrency(f: pd.DataFrame, live: np.ndarray) -> np.ndarray:
+def _concurrency(f: pd.DataFrame, live: np.ndarray, stage: np.ndarray) -> np.ndarray:
     """Users active in each record's (run, stage): Σ over workers of the worker's median `users`."""
-    per_worker = f[live].groupby(["run_id", "stage", "worker"], observed=True)["users"].median()
-    per_stage = per_worker.groupby(level=["run_id", "stage"], observed=True).sum()
-    key = pd.MultiIndex.from_arrays([f["run_id"], f["stage"]])
-    return per_stage.reindex(key).to_numpy(dtype=np.float64)
+    worker = _codes(f, ["worker"])
+    users = pd.Series(f["users"].to_numpy()[live])
+    per_worker = users.groupby([stage[live], worker[live]]).median()
+    per_stage = per_worker.groupby(level=0).sum()
+    return per_stage.reindex(np.arange(int(stage.max(initial=-1)) + 1)).to_numpy(np.float64)[stage]
 
 
 def _ttft_at_c1(f: pd.DataFrame) -> np.ndarray:
     """TTFT p50 of successful measured requests at concurrency 1, per (run, host, model); NaN: none."""
-    c1 = f[f["measured"] & f["ok"] & (f["concurrency"] == 1)]
-    base = c1.groupby(["run_id", "host", "model"], observed=True)["ttft_ms"].median()
-    key = pd.MultiIndex.from_arrays([f["run_id"], f["host"], f["model"]])
-    return base.reindex(key).to_numpy(dtype=np.float64)
+    group = _codes(f, ["run_id", "host", "model"])
+    c1 = (f["measured"] & f["ok"] & (f["concurrency"] == 1)).to_numpy()
+    base = pd.Series(f["ttft_ms"].to_numpy()[c1]).groupby(group[c1]).median()
+    return base.reindex(np.arange(int(group.max(initial=-1)) + 1)).to_numpy(np.float64)[group]

@@ -30,7 +30,6 @@ MAX_BINS = 900
 MAX_ERROR_BINS = 120
 #: Stage names are written beside points only when a chart has this few curves.
 MAX_LABELLED_CURVES = 3
-_EVENT_CHUNK_ROWS = 100_000
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -175,13 +174,14 @@ def _tokens_over_time(ctx: ReportContext) -> Figure:
     t0, bin_ns, n_bins = _time_axis(ctx, live, MAX_BINS)
     t0_by_row = np.zeros(len(cols.ok), np.int64)
     t0_by_row[live] = t0
-    groups = ctx.summarizer.partition(("run", "host", "model"), ok_rows)
+    groups = ctx.summarizer.partition(("run", "host", "model"), ok_rows)[:MAX_LINES]
+    series = np.full(cols.ok.size, -1, np.int64)
+    for i, (_, rows) in enumerate(groups):
+        series[rows] = i
+    counts = _token_bins(ds, cols, series, len(groups), t0_by_row, bin_ns, n_bins)
+    x = np.arange(n_bins) * bin_ns / 1e9
     labels = _labels([key for key, _ in groups])
-    lines = []
-    for i, (label, (_, rows)) in enumerate(list(zip(labels, groups, strict=True))[:MAX_LINES]):
-        counts = _token_bins(ds, cols, rows, t0_by_row, bin_ns, n_bins)
-        x = np.arange(n_bins) * bin_ns / 1e9
-        lines.append(Line(label, x, counts / (bin_ns / 1e9), color=i))
+    lines = [Line(label, x, counts[i] / (bin_ns / 1e9), color=i) for i, label in enumerate(labels)]
     chart = Chart(
         f"{title} ({bin_ns // 1_000_000_000} s bins)",
         "seconds since the run's first request",
@@ -195,25 +195,41 @@ def _tokens_over_time(ctx: ReportContext) -> Figure:
 
 
 def _token_bins(
-    ds: Dataset, cols: Columns, rows: IntArray, t0: IntArray, bin_ns: int, n_bins: int
+    ds: Dataset, cols: Columns, series: IntArray, n_series: int, t0: IntArray, bin_ns: int, n_bins: int
 ) -> FloatArray:
-    """Output tokens per time bin for the given successful records, in chunks of records."""
-    acc = np.zeros(n_bins)
+    """Output tokens per (series, time bin) of the records with `series[row] >= 0`, one pass over events.
+
+    Each event lands in cell `series * n_bins + bin`: computed as (base + offset) // bin with a
+    per-record base that already holds the series' first cell, so a single repeat per event is needed.
+    Events past the last bin are clipped into it; records of no series go to a spare cell at the end.
+    """
+    bin_us = bin_ns // 1000
+    spare = n_series * n_bins
+    acc = np.zeros(spare + 1)
     tokens = np.nan_to_num(cols.values["output_tokens"])
-    for chunk in np.array_split(rows, max(1, math.ceil(rows.size / _EVENT_CHUNK_ROWS))):
-        offsets, lengths = ds.events_of(chunk)
-        start = cols.sent[chunk] - t0[chunk]
+    for first, offsets, lengths in ds.blocks():
+        block = slice(first, first + lengths.size)
+        s = series[block]
+        if not (s >= 0).any():
+            continue
+        since_t0_us = np.clip((cols.sent[block] - t0[block]) // 1000, 0, None)
+        base = np.where(s >= 0, s * n_bins * bin_us + since_t0_us, spare * bin_us)
+        cell = np.repeat(base, lengths) + offsets
+        cell //= bin_us
+        # An event past its series' last bin stays in that bin.
+        np.minimum(cell, np.repeat(np.where(s >= 0, (s + 1) * n_bins - 1, spare), lengths), out=cell)
         with np.errstate(divide="ignore", invalid="ignore"):
-            weight = np.where(lengths > 0, tokens[chunk] / lengths, 0.0)
-        at = np.repeat(start, lengths) + np.asarray(offsets, dtype=np.int64) * 1000
-        acc += np.bincount(
-            np.clip(at // bin_ns, 0, n_bins - 1), weights=np.repeat(weight, lengths), minlength=n_bins
-        )
+            weight = np.where(s >= 0, tokens[block] / lengths, 0.0)
+        counted = (s >= 0) & (lengths > 0)
+        if np.all(weight[counted] == 1.0):
+            acc += np.bincount(cell, minlength=acc.size)
+        else:
+            acc += np.bincount(cell, weights=np.repeat(weight, lengths), minlength=acc.size)
         # Answers without content events (non-streaming) count at their end.
-        none = lengths == 0
-        ends = np.clip((cols.end[chunk][none] - t0[chunk][none]) // bin_ns, 0, n_bins - 1)
-        acc += np.bincount(ends, weights=tokens[chunk][none], minlength=n_bins)
-    return acc
+        none = (s >= 0) & (lengths == 0)
+        ends = np.clip((cols.end[block][none] - t0[block][none]) // bin_ns, 0, n_bins - 1)
+        acc += np.bincount(s[none] * n_bins + ends, weights=tokens[block][none], minlength=acc.size)
+    return acc[:spare].reshape(n_series, n_bins)
 
 
 def _errors_over_time(ctx: ReportContext) -> Figure:
