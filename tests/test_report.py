@@ -18,7 +18,8 @@ from recordgen import T0_NS, record, write_run
 
 from harness.errors import InputError
 from harness.records import ERROR_CATEGORIES
-from harness.report import Report, build, jsonl
+from harness.report import Report, build, jsonl, load, measured, plots
+from harness.report.aggregate import Summarizer
 from harness.report.load import CACHE_NAME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -449,3 +450,65 @@ def test_cli_report_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[s
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert message in done.stderr
+
+
+def test_itl_per_group_matches_gaps_computed_by_hand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Random event timings over several groups, parsed in many small blocks, against plain numpy.
+    rng = np.random.default_rng(5)
+    recs = []
+    for i in range(600):
+        offsets = np.cumsum(rng.integers(1, 90_000, int(rng.integers(0, 12)))).tolist()
+        rec = record(
+            t_s=0.01 * i,
+            model=f"m{i % 3}",
+            stage=f"s{i % 2}",
+            ok=i % 11 != 0,
+            error=None if i % 11 else "stall",
+        )
+        recs.append(rec | {"event_offsets_us": offsets, "content_events": len(offsets)})
+    monkeypatch.setattr(jsonl, "_CHUNK_BYTES", 16 << 10)
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    for g in [*report.summary["groups"], report.summary["overall"]]:
+        key = g["key"]
+        mine = [
+            r
+            for r in recs
+            if r["ok"] and (key == "all" or (r["model"], r["stage"]) == (key["model"], key["stage"]))
+        ]
+        gaps = np.concatenate([np.diff(r["event_offsets_us"]) for r in mine]) / 1000
+        assert g["itl_ms_count"] == gaps.size
+        for q in (50, 90, 95, 99):
+            assert g[f"itl_ms_p{q}"] == pytest.approx(np.percentile(gaps, q))
+        assert g["itl_ms_max"] == pytest.approx(gaps.max())
+        assert g["itl_ms_mean"] == pytest.approx(gaps.mean())
+
+
+def test_tokens_over_time_add_up_to_the_output_tokens(tmp_path: Path) -> None:
+    # 1 request per second, 11 tokens each, 3 s apart from TTFT 0.5 s to 1.5 s: spans 1 s bins.
+    recs = [
+        record(t_s=i, ttft_ms=500.0, tpot_ms=100.0, tokens=11, usage_tokens=22 if i == 3 else None)
+        for i in range(6)
+    ]
+    run = write_run(tmp_path / "r", recs)
+    ds = load.load_runs([run])
+    measured.select(ds, 0)
+    s = Summarizer(ds)
+    series = np.zeros(len(recs), np.int64)
+    bins = plots._token_bins(ds, s.cols, series, 1, np.full(len(recs), T0_NS), 1_000_000_000, 8)
+    # Record i sends 5 events in [i + 0.5, i + 0.9] and 6 in [i + 1.0, i + 1.5]; record 3 weighs 2 each.
+    expected = np.zeros(8)
+    for i in range(6):
+        weight = 2 if i == 3 else 1
+        expected[i] += 5 * weight
+        expected[i + 1] += 6 * weight
+    assert bins[0].tolist() == expected.tolist()
+    assert bins.sum() == 6 * 11 + 11
+
+
+def test_an_empty_records_file_gives_an_empty_report(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "records.jsonl").write_bytes(b"")
+    report = build_report(run)
+    assert report.summary["counts"]["records"] == 0
+    assert report.warnings == ["no records: records.jsonl is empty"]

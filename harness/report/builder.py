@@ -156,7 +156,9 @@ def _summary(
         for t in selection.stages
         if t.records and t.trimmed == t.records
     ]
-    if selection.measured == 0:
+    if selection.records == 0:
+        warnings.append("no records: records.jsonl is empty")
+    elif selection.measured == 0:
         warnings.append("no measured records: every record was warm-up or trimmed")
     f = ds.frame
     return {
