@@ -20,7 +20,7 @@ from harness import metrics
 from harness.errors import InputError
 from harness.report.load import Dataset
 
-__all__ = ["BY_COLUMNS", "DEFAULT_BY", "DISTRIBUTIONS", "OVERALL", "Columns", "Summarizer", "check_by"]
+__all__ = ["BY_COLUMNS", "DEFAULT_BY", "OVERALL", "Columns", "Summarizer", "check_by"]
 
 #: `--by` key -> record field.
 BY_COLUMNS = {
@@ -35,20 +35,6 @@ BY_COLUMNS = {
 DEFAULT_BY = ("run", "host", "model", "stage")
 #: Key value of the overall row.
 OVERALL = "all"
-#: Distributions each row reports as `<name>_count`, `_mean`, `_p50`, `_p90`, `_p95`, `_p99`, `_max`.
-DISTRIBUTIONS = (
-    "ttft_ms",
-    "ttfb_ms",
-    "tpot_ms",
-    "itl_ms",
-    "e2e_ms",
-    "dispatch_delay_ms",
-    "sched_ttft_ms",
-    "sched_e2e_ms",
-    "queue_time_ms",
-    "events_per_read",
-)
-
 Row = dict[str, Any]
 
 
@@ -150,7 +136,7 @@ class Columns:
     error_codes: npt.NDArray[np.int64]
     error_names: list[str]
     segment: npt.NDArray[np.int64]
-    host_codes: npt.NDArray[np.int64]
+    """Per record, its (run, stage)'s number."""
     hosts: list[str]
     run_index: npt.NDArray[np.int32]
     has_slo: npt.NDArray[np.bool_]
@@ -177,7 +163,6 @@ class Columns:
         ]
         events = f["content_events"].to_numpy(np.float64)
         error = f["error"].cat
-        host = f["host"].cat
         return cls(
             ok=f["ok"].to_numpy(bool),
             sent=f["sent_unix_ns"].to_numpy(np.int64),
@@ -187,11 +172,8 @@ class Columns:
             from_usage=(f["tokens_source"] == "usage").to_numpy(bool),
             error_codes=np.asarray(error.codes, dtype=np.int64),
             error_names=[str(c) for c in error.categories],
-            segment=np.asarray(
-                f.groupby(["run_id", "stage"], observed=True, sort=False).ngroup(), dtype=np.int64
-            ),
-            host_codes=np.asarray(host.codes, dtype=np.int64),
-            hosts=[str(c) for c in host.categories],
+            segment=f["segment"].to_numpy(np.int64),
+            hosts=[str(c) for c in f["host"].cat.categories],
             run_index=f["run_index"].to_numpy(np.int32),
             has_slo=f["has_slo"].to_numpy(bool),
             codes={name: np.asarray(f[name].cat.codes, dtype=np.int64) for name in BY_COLUMNS.values()},
@@ -288,13 +270,10 @@ def _itl_by_group(ds: Dataset, group_of: npt.NDArray[np.int32], n_groups: int) -
         order = counted[np.argsort(groups[counted], kind="stable")]
         by_group = pa.LargeListArray.from_arrays(pa.array(gap_starts), pa.array(gaps)).take(pa.array(order))
         flat = by_group.flatten().to_numpy()
-        ends = np.cumsum(
-            np.bincount(groups[order], weights=n_gaps[order], minlength=n_groups).astype(np.int64)
-        )
-        for g in np.unique(groups[order]):
-            flat_g = flat[(ends[g - 1] if g else 0) : ends[g]]
-            if flat_g.size:
-                pooled[g].add(flat_g)
+        sizes = np.bincount(groups[order], weights=n_gaps[order], minlength=n_groups).astype(np.int64)
+        ends = np.cumsum(sizes)
+        for g in np.flatnonzero(sizes):
+            pooled[g].add(flat[ends[g] - sizes[g] : ends[g]])
     return pooled
 
 
@@ -311,7 +290,12 @@ def _peak_rss_mb(ds: Dataset, c: Columns, rows: npt.NDArray[np.int64]) -> float 
     if samples.empty or rows.size == 0:
         return None
     pairs = pd.DataFrame(
-        {"run_index": c.run_index[rows], "host": c.host_codes[rows], "sent": c.sent[rows], "end": c.end[rows]}
+        {
+            "run_index": c.run_index[rows],
+            "host": c.codes["host"][rows],
+            "sent": c.sent[rows],
+            "end": c.end[rows],
+        }
     )
     spans = pairs.groupby(["run_index", "host"]).agg(first=("sent", "min"), last=("end", "max"))
     peak = None

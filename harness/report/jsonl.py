@@ -31,7 +31,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from harness.errors import InputError
+from harness.errors import HarnessError, InputError
 
 __all__ = ["SCHEMA", "read_jsonl"]
 
@@ -107,6 +107,15 @@ class _SlowPath(Exception):
     """The chunk's fast path cannot vouch for it; decode it line by line."""
 
 
+class _BadLine(Exception):
+    """A line that is JSON but not a record, at `offset` bytes into its chunk."""
+
+    def __init__(self, offset: int, message: str) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.message = message
+
+
 @dataclass
 class _Part:
     """What parsing one byte range gives back."""
@@ -172,7 +181,7 @@ def _parse_in_processes(path: Path, ranges: list[tuple[int, int]]) -> list[_Part
         errors = [child.communicate()[1].decode(errors="replace").strip() for child in children]
         for child, err in zip(children, errors, strict=True):
             if child.returncode != 0:
-                raise RuntimeError(
+                raise HarnessError(
                     f"parsing {path} in a child process failed ({child.returncode}): {err[-500:]}"
                 )
         return [_read_part(out) for out in outs]
@@ -220,10 +229,10 @@ def _parse_range_nogc(path: Path, start: int, end: int) -> _Part:
             try:
                 batches.append(_fast_batch(chunk))
             except (msgspec.DecodeError, _SlowPath):
-                batch, chunk_broken, bad = _exact_batch(chunk)
-                if batch is None:
-                    assert bad is not None
-                    return _Part(SCHEMA.empty_table(), broken, (chunk_start + bad[0], bad[1]))
+                try:
+                    batch, chunk_broken = _exact_batch(chunk)
+                except _BadLine as bad:
+                    return _Part(SCHEMA.empty_table(), broken, (chunk_start + bad.offset, bad.message))
                 batches.append(batch)
                 broken += chunk_broken
     return _Part(pa.Table.from_batches(batches, SCHEMA), broken)
@@ -246,13 +255,12 @@ def _values(records: list[Any], name: str) -> list[Any]:
 
 def _raw_strings(raws: list[Any], nullable: bool) -> pa.Array:
     """Raw JSON strings (or null) -> an Arrow string array, without making a Python str each."""
-    lengths = np.fromiter(map(len, raws), np.int64, len(raws)) if raws else np.zeros(0, np.int64)
     data = b"".join(raws)
     if b"\\" in data:
         raise _SlowPath  # escapes: let msgspec decode them
     offsets = np.zeros(len(raws) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    first = np.frombuffer(data, np.uint8)[offsets[:-1]] if raws else np.zeros(0, np.uint8)
+    np.cumsum(np.fromiter(map(len, raws), np.int64, len(raws)), out=offsets[1:])
+    first = np.frombuffer(data, np.uint8)[offsets[:-1]]
     is_null = first == ord("n")
     if not np.all((first == ord('"')) | (is_null if nullable else False)):
         raise _SlowPath  # a value that is not a string
@@ -267,9 +275,9 @@ def _raw_strings(raws: list[Any], nullable: bool) -> pa.Array:
 
 def _raw_offsets(raws: list[Any]) -> pa.Array:
     """Raw `event_offsets_us` arrays of a whole chunk -> one Arrow list column, parsed by numpy."""
-    joined = b"".join(raws)
     if not raws:
         return pa.array([], pa.large_list(pa.int32()))
+    joined = b"".join(raws)
     if any(ws in joined for ws in _JSON_WHITESPACE):
         raise _SlowPath
     u = np.frombuffer(joined, np.uint8)
@@ -309,8 +317,8 @@ def _list_array(values: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -
 # --- exact path: line by line -------------------------------------------------------------------
 
 
-def _exact_batch(chunk: bytes) -> tuple[pa.RecordBatch | None, int, tuple[int, str] | None]:
-    """Decode line by line: (batch, broken lines, (byte offset in chunk, message) of a bad line)."""
+def _exact_batch(chunk: bytes) -> tuple[pa.RecordBatch, int]:
+    """Decode line by line: (batch, broken lines); raises `_BadLine` at a line that is not a record."""
     records: list[Any] = []
     broken = 0
     offset = 0
@@ -319,15 +327,13 @@ def _exact_batch(chunk: bytes) -> tuple[pa.RecordBatch | None, int, tuple[int, s
             try:
                 record = _EXACT.decode(line)
             except msgspec.ValidationError as exc:
-                return None, 0, (offset, str(exc))
+                raise _BadLine(offset, str(exc)) from exc
             except msgspec.DecodeError:
                 broken += 1
             else:
                 if not _in_range(np.array(record.event_offsets_us, dtype=np.int64)):
-                    return (
-                        None,
-                        0,
-                        (offset, "event_offsets_us beyond ±2^31 µs (35 min): expected µs after sending"),
+                    raise _BadLine(
+                        offset, "event_offsets_us beyond ±2^31 µs (35 min): expected µs after sending"
                     )
                 records.append(record)
         offset += len(line) + 1
@@ -337,7 +343,7 @@ def _exact_batch(chunk: bytes) -> tuple[pa.RecordBatch | None, int, tuple[int, s
     lengths = np.fromiter(map(len, lists), np.int64, len(lists))
     values = np.fromiter((v for lst in lists for v in lst), np.int64, int(lengths.sum()))
     columns.append(_list_array(values, lengths))
-    return pa.RecordBatch.from_arrays(columns, schema=SCHEMA), broken, None
+    return pa.RecordBatch.from_arrays(columns, schema=SCHEMA), broken
 
 
 def _main(argv: list[str]) -> int:

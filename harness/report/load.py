@@ -8,7 +8,9 @@ keyed on the JSONL's size and mtime), `manifest.json` (run id, the scenario's SL
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harness.errors import InputError
-from harness.report.jsonl import STRING_FIELDS, read_jsonl
+from harness.report.jsonl import SCHEMA, STRING_FIELDS, read_jsonl
 
 __all__ = ["CACHE_NAME", "Dataset", "Run", "load_runs"]
 
@@ -32,7 +34,8 @@ RECORDS_NAME = "records.jsonl"
 MANIFEST_NAME = "manifest.json"
 HOST_METRICS_NAME = "host_metrics.jsonl"
 CACHE_NAME = "records.cache.parquet"
-_CACHE_VERSION = "3"
+#: A cache written for another table layout is ignored: its key holds the layout's fingerprint.
+_CACHE_LAYOUT = hashlib.sha256(SCHEMA.to_string().encode()).hexdigest()[:16]
 CACHE_ROW_GROUP = 65_536
 STRING_NAMES = [n for n, _ in STRING_FIELDS]
 _SLO_KEYS = ("ttft_ms", "tpot_ms", "e2e_ms")
@@ -149,7 +152,7 @@ def _read_records(path: Path) -> tuple[pa.Table, int, threading.Thread | None]:
     """(table, broken lines, the thread writing a new cache): the Parquet cache when it matches the
     JSONL (no thread), else the JSONL parsed, and the cache written while the report computes."""
     stat = path.stat()
-    key = {"version": _CACHE_VERSION, "size": str(stat.st_size), "mtime_ns": str(stat.st_mtime_ns)}
+    key = {"layout": _CACHE_LAYOUT, "size": str(stat.st_size), "mtime_ns": str(stat.st_mtime_ns)}
     cache = path.with_name(CACHE_NAME)
     cached = _read_cache(cache, key)
     if cached is not None:
@@ -182,7 +185,7 @@ def _read_cache(cache: Path, key: dict[str, str]) -> tuple[pa.Table, int] | None
 def _write_cache(cache: Path, table: pa.Table, meta: dict[str, str]) -> None:
     """Best effort: a read-only run folder just goes without a cache."""
     table = table.replace_schema_metadata({f"harness_{k}": v for k, v in meta.items()})
-    tmp = cache.with_name(cache.name + ".tmp")
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # two reports at once write apart
     try:
         pq.write_table(
             table,
@@ -214,7 +217,12 @@ def _read_host_metrics(run_dir: Path, run_index: int) -> pd.DataFrame:
                 row = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue  # a sampler cut mid-line, like records
-            if isinstance(row, dict) and {"host", "t_unix_ns", "rss_bytes"} <= row.keys():
+            if (
+                isinstance(row, dict)
+                and isinstance(row.get("host"), str)
+                and isinstance(row.get("t_unix_ns"), int)
+                and isinstance(row.get("rss_bytes"), int | float)
+            ):
                 rows.append(row)
     frame = pd.DataFrame(rows, columns=["host", "t_unix_ns", "rss_bytes", "cpu_percent"])
     frame["run_index"] = run_index

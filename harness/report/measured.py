@@ -62,13 +62,13 @@ def default_trim_s(span_s: float) -> float:
 def select(ds: Dataset, trim_s: float | None = None) -> Selection:
     """Mark measured records and add the columns metrics need to `ds.frame`.
 
-    Columns added: `end_unix_ns`, `trimmed`, `measured`, `concurrency`, `ttft_c1_ms`,
-    `slo_ttft_ms`, `slo_tpot_ms`, `slo_e2e_ms` (NaN: no limit) and `has_slo`.
+    Columns added: `end_unix_ns`, `segment` (the record's (run, stage) number), `trimmed`, `measured`,
+    `concurrency`, `ttft_c1_ms`, `slo_ttft_ms`, `slo_tpot_ms`, `slo_e2e_ms` (NaN: no limit), `has_slo`.
     """
     f = ds.frame
     f["end_unix_ns"] = metrics.end_unix_ns(f["sent_unix_ns"].to_numpy(), f["e2e_ms"].to_numpy())
     live = ~f["warmup"].to_numpy()
-    stage = _codes(f, ["run_id", "stage"])
+    stage = f["segment"] = _codes(f, ["run_id", "stage"])
     stages = _trim(f, live, stage, trim_s)
     f["measured"] = live & ~f["trimmed"].to_numpy()
     f["concurrency"] = _concurrency(f, live, stage)
