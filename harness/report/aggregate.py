@@ -192,7 +192,7 @@ def _metrics(ds: Dataset, c: Columns, rows: npt.NDArray[np.int64], itl: metrics.
         ttft,
         tpot,
         e2e,
-        {"ttft_ms": v["slo_ttft_ms"], "tpot_ms": v["slo_tpot_ms"], "e2e_ms": v["slo_e2e_ms"]},
+        {key: v[f"slo_{key}"] for key in metrics.SLO_KEYS},
     )
     has_slo = bool(rows.size) and bool(c.has_slo[rows].all())
     delay = v["dispatch_delay_ms"]

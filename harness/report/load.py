@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harness.errors import InputError
+from harness.metrics import SLO_KEYS
 from harness.report.jsonl import SCHEMA, STRING_FIELDS, read_jsonl
 
 __all__ = ["CACHE_NAME", "Dataset", "Run", "load_runs"]
@@ -38,7 +39,6 @@ CACHE_NAME = "records.cache.parquet"
 _CACHE_LAYOUT = hashlib.sha256(SCHEMA.to_string().encode()).hexdigest()[:16]
 CACHE_ROW_GROUP = 65_536
 STRING_NAMES = [n for n, _ in STRING_FIELDS]
-_SLO_KEYS = ("ttft_ms", "tpot_ms", "e2e_ms")
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def _slo(manifest: dict[str, Any]) -> dict[str, float]:
     slo = scenario.get("slo") if isinstance(scenario, dict) else None
     if not isinstance(slo, dict):
         return {}
-    limits = {k: slo[k] for k in _SLO_KEYS if isinstance(slo.get(k), int | float)}
+    limits = {k: slo[k] for k in SLO_KEYS if isinstance(slo.get(k), int | float)}
     return {k: float(v) for k, v in limits.items() if math.isfinite(v)}
 
 

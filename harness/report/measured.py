@@ -74,16 +74,15 @@ def select(ds: Dataset, trim_s: float | None = None) -> Selection:
     f["concurrency"] = _concurrency(f, live, stage)
     f["ttft_c1_ms"] = _ttft_at_c1(f)
     run_index = f["run_index"].to_numpy()
-    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+    for key in metrics.SLO_KEYS:
         limits = np.array([run.slo.get(key, np.nan) for run in ds.runs])
         f[f"slo_{key}"] = limits[run_index]
     f["has_slo"] = np.array([bool(run.slo) for run in ds.runs])[run_index]
-    n_trimmed = int(f["trimmed"].sum())
     return Selection(
         trim_s=trim_s,
         records=len(f),
         warmup=int((~live).sum()),
-        trimmed=n_trimmed,
+        trimmed=int(f["trimmed"].sum()),
         measured=int(f["measured"].sum()),
         stages=stages,
     )
