@@ -17,7 +17,7 @@ from harness.errors import InputError
 from harness.report.aggregate import DEFAULT_BY, Row, Summarizer, check_by
 from harness.report.load import Dataset, load_runs
 from harness.report.measured import Selection, select
-from harness.report.tables import Table, build_tables, format_value, host_label
+from harness.report.tables import Table, build_tables, fixed_width, format_value, host_label
 
 __all__ = ["FORMATS", "SCHEMA_VERSION", "Report", "ReportContext", "build", "check_formats", "make_out_dir"]
 
@@ -74,16 +74,8 @@ class Report:
         if len(rows) > 1:
             overall = self.summary["overall"]
             body.append(["all", "", *(format_value(overall.get(k), kind) for k, _, kind in columns)])
-        header = ["host", "model", *(h for _, h, _ in columns)]
-        widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-        lines = [
-            "  ".join(
-                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
-            )
-            for line in [header, *body]
-        ]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join([*lines, "(latencies in ms; output tokens/s and requests/s of successful requests)"])
+        table = fixed_width(["host", "model", *(h for _, h, _ in columns)], body, left=2)
+        return table + "\n(latencies in ms; output tokens/s and requests/s of successful requests)"
 
 
 def check_formats(formats: Sequence[str]) -> tuple[str, ...]:

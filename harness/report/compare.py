@@ -26,7 +26,7 @@ from harness.errors import InputError
 from harness.report.aggregate import Summarizer, check_by
 from harness.report.load import load_runs
 from harness.report.measured import select
-from harness.report.tables import format_value, host_label
+from harness.report.tables import fixed_width, format_value, host_label
 
 __all__ = ["DEFAULT_METRICS", "Change", "Comparison", "compare", "metric_names"]
 
@@ -109,12 +109,7 @@ class Comparison:
 
     def console_table(self) -> str:
         header, cells = self.rows()
-        widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
-        lines = [
-            "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *cells]
-        ]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return fixed_width(header, cells, left=len(self.by) + 1)
 
     def markdown(self) -> str:
         header, cells = self.rows()

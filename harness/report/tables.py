@@ -12,7 +12,7 @@ from typing import Any
 from harness.records import ERROR_CATEGORIES
 from harness.report.aggregate import OVERALL
 
-__all__ = ["Column", "Table", "build_tables", "format_value", "host_label"]
+__all__ = ["Column", "Table", "build_tables", "fixed_width", "format_value", "host_label"]
 
 Row = dict[str, Any]
 
@@ -302,6 +302,19 @@ def format_value(value: Any, kind: str = "float") -> str:
     if abs(x) >= 10:
         return f"{x:.1f}"
     return f"{x:.2f}"
+
+
+def fixed_width(header: list[str], rows: list[list[str]], *, left: int) -> str:
+    """A terminal table: the first `left` columns aligned left, the others right, a rule under the header."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def header_row(table: Table, keys: Sequence[int]) -> list[str]:
