@@ -39,7 +39,7 @@ DEFAULT_METRICS = (
     "error_rate",
 )
 _DIST = re.compile(r"^(ttft_ms|ttfb_ms|tpot_ms|e2e_ms|dispatch_delay_ms)_(p50|p90|p95|p99|mean)$")
-_RATES = {"output_tokens_per_s": True, "requests_per_s": True, "error_rate": False}
+_RATES = ("output_tokens_per_s", "requests_per_s", "error_rate")
 #: Values per bootstrap batch (resamples x requests), to bound memory.
 _BATCH_VALUES = 10_000_000
 
@@ -140,43 +140,57 @@ class _Metric:
     name: str
     higher_is_better: bool
     samples: Callable[[Summarizer, npt.NDArray[np.int64]], FloatArray]
+    """Per request of a group: the values the statistic is computed over (and resampled)."""
     statistic: Callable[[float | None], Statistic]
-    """Given the group's window (s), the statistic over resampled samples."""
+    """Given the group's window (s), the statistic over the last axis of (resampled) samples."""
+
+
+def _latencies(column: str) -> Callable[[Summarizer, npt.NDArray[np.int64]], FloatArray]:
+    def samples(s: Summarizer, rows: npt.NDArray[np.int64]) -> FloatArray:
+        v = s.cols.values[column][rows][s.cols.ok[rows]]
+        return v[~np.isnan(v)]
+
+    return samples
+
+
+def _failed(s: Summarizer, rows: npt.NDArray[np.int64]) -> FloatArray:
+    return (~s.cols.ok[rows]).astype(np.float64)
+
+
+def _succeeded(s: Summarizer, rows: npt.NDArray[np.int64]) -> FloatArray:
+    return s.cols.ok[rows].astype(np.float64)
+
+
+def _output_tokens(s: Summarizer, rows: npt.NDArray[np.int64]) -> FloatArray:
+    """Output tokens of each request, 0 for a failed one (throughput counts successes only)."""
+    return np.where(s.cols.ok[rows], np.nan_to_num(s.cols.values["output_tokens"][rows]), 0.0)
+
+
+def _mean(_window: float | None) -> Statistic:
+    return lambda a: a.mean(axis=-1)
+
+
+def _percentile(q: float) -> Callable[[float | None], Statistic]:
+    return lambda _window: lambda a: np.percentile(a, q, axis=-1)
+
+
+def _per_second(window: float | None) -> Statistic:
+    return lambda a: a.sum(axis=-1) / window if window else np.full(a.shape[:-1], np.nan)
 
 
 def _parse_metric(name: str) -> _Metric:
     if m := _DIST.match(name):
         column, stat = m.groups()
-
-        def values(s: Summarizer, rows: npt.NDArray[np.int64], column: str = column) -> FloatArray:
-            v = s.cols.values[column][rows][s.cols.ok[rows]]
-            return v[~np.isnan(v)]
-
-        if stat == "mean":
-            return _Metric(name, False, values, lambda _w: lambda a: a.mean(axis=-1))
-        q = float(stat[1:])
-        return _Metric(name, False, values, lambda _w: lambda a: np.percentile(a, q, axis=-1))
-    if name in _RATES:
-        if name == "error_rate":
-            return _Metric(
-                name,
-                False,
-                lambda s, rows: (~s.cols.ok[rows]).astype(np.float64),
-                lambda _w: lambda a: a.mean(axis=-1),
-            )
-
-        def per_request(s: Summarizer, rows: npt.NDArray[np.int64], name: str = name) -> FloatArray:
-            ok = s.cols.ok[rows]
-            if name == "requests_per_s":
-                return ok.astype(np.float64)
-            return np.where(ok, np.nan_to_num(s.cols.values["output_tokens"][rows]), 0.0)
-
         return _Metric(
-            name,
-            True,
-            per_request,
-            lambda w: lambda a: a.sum(axis=-1) / w if w else np.full(a.shape[:-1], np.nan),
+            name, False, _latencies(column), _mean if stat == "mean" else _percentile(float(stat[1:]))
         )
+    rates = {
+        "error_rate": _Metric(name, False, _failed, _mean),
+        "requests_per_s": _Metric(name, True, _succeeded, _per_second),
+        "output_tokens_per_s": _Metric(name, True, _output_tokens, _per_second),
+    }
+    if name in rates:
+        return rates[name]
     raise InputError(f"--metrics: unknown metric {name!r}; expected {metric_names()}")
 
 
