@@ -67,13 +67,12 @@ def figures(ctx: ReportContext) -> list[Figure]:
 
 
 def _labels(keys: list[dict[str, str | None]]) -> list[str]:
-    """Group labels from the key values that differ between groups."""
-    names = [k for k in (keys[0] if keys else {}) if len({key[k] for key in keys}) > 1] or list(
-        keys[0] if keys else []
-    )
+    """Group labels from the key values that differ between groups (all of them when none do)."""
+    if not keys:
+        return []
+    varying = [k for k in keys[0] if len({key[k] for key in keys}) > 1] or list(keys[0])
     return [
-        " · ".join(host_label(v) if n == "host" and v else str(v) for n, v in key.items() if n in names)
-        for key in keys
+        " · ".join(host_label(key[n] or "") if n == "host" else str(key[n]) for n in varying) for key in keys
     ]
 
 
