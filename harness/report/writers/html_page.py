@@ -3,6 +3,7 @@ headline figures on top, the plots, every table with units and column notes, and
 
 from __future__ import annotations
 
+import re
 from html import escape
 from pathlib import Path
 
@@ -105,16 +106,21 @@ def render(ctx: ReportContext) -> str:
         parts.append(_table(table))
         parts.append(
             "<details><summary>Columns</summary><dl>"
-            + "".join(f"<dt>{escape(c.title)}</dt><dd>{escape(c.doc)}</dd>" for c in table.columns)
+            + "".join(f"<dt>{escape(c.title)}</dt><dd>{_code(c.doc)}</dd>" for c in table.columns)
             + "</dl></details></section>"
         )
     parts.append(
         '<section><h2>Notes</h2><ul class="notes">'
-        + "".join(f"<li>{escape(n)}</li>" for n in notes(s))
+        + "".join(f"<li>{_code(n)}</li>" for n in notes(s))
         + "</ul></section>"
     )
     parts.append("</main></body></html>")
     return "\n".join(parts)
+
+
+def _code(text: str) -> str:
+    """Escaped text with its `backquoted` names set as code, as Markdown would show them."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
 
 
 def _legend(entries: list[LegendEntry]) -> str:
