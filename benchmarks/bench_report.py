@@ -51,7 +51,9 @@ def measure(args: list[str]) -> tuple[float, float, float, float]:
         time.sleep(0.02)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"harness report failed ({proc.returncode}): {proc.stderr.read().decode() if proc.stderr else ''}")
+        raise SystemExit(
+            f"harness report failed ({proc.returncode}): {proc.stderr.read().decode() if proc.stderr else ''}"
+        )
     return wall, _children_cpu_s() - cpu0, tree_peak / 1e6, single_peak / 1e6
 
 
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             write_run(run_dir, args.records, args.seed)
             print(f"generated {args.records:,} records in {time.perf_counter() - t0:.0f} s")
-        print(f"{records}: {records.stat().st_size / 1e9:.2f} GB; CPUs: {len(psutil.Process().cpu_affinity() or [])}")
+        print(
+            f"{records}: {records.stat().st_size / 1e9:.2f} GB; CPUs: {len(psutil.Process().cpu_affinity() or [])}"
+        )
         (run_dir / "records.cache.parquet").unlink(missing_ok=True)
         command = [sys.executable, "-m", "harness", "report", str(run_dir), "--out", str(run_dir / "out")]
         print(f"command: {' '.join(command[1:])}")
