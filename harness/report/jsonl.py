@@ -8,8 +8,9 @@ Speed (a 1.3 GB file of 1,000,000 records in seconds): lines are decoded by msgs
 structs 4 MiB at a time, so that temporaries stay small and reused; string fields and
 `event_offsets_us` stay raw JSON text and are turned into Arrow columns for a whole chunk at once
 (numpy, Arrow compute), with an exact line-by-line path for any chunk the fast path cannot vouch for.
-Large files are split into byte ranges parsed by child processes (`python -m harness.report.jsonl`,
-which import only this module's light dependencies and hand back Arrow IPC files).
+Large files are split into byte ranges: this process parses one, child processes (`python -m
+harness.report.jsonl`, which import only this module's light dependencies and hand back Arrow IPC
+files) the others.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def _line_number(path: Path, offset: int) -> int:
 
 
 def _parse_in_processes(path: Path, ranges: list[tuple[int, int]]) -> list[_Part]:
-    """Parse each range in a child `python -m harness.report.jsonl` that writes an Arrow IPC file.
+    """Parse the first range here and each other one in a child `python -m harness.report.jsonl`
+    that writes an Arrow IPC file.
 
     Plain child processes rather than multiprocessing: they never re-import the caller's main
     module, so `build()` is safe to call from any script or notebook.
@@ -169,22 +171,23 @@ def _parse_in_processes(path: Path, ranges: list[tuple[int, int]]) -> list[_Part
     package_root = str(Path(__file__).resolve().parents[2])
     pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="harness-report-") as tmp:
-        outs = [Path(tmp) / f"part{i}.arrow" for i in range(len(ranges))]
+        outs = [Path(tmp) / f"part{i}.arrow" for i in range(1, len(ranges))]
         children = [
             subprocess.Popen(
                 [sys.executable, "-m", "harness.report.jsonl", str(path), str(a), str(b), str(out)],
                 env={**os.environ, "PYTHONPATH": pythonpath},
                 stderr=subprocess.PIPE,
             )
-            for (a, b), out in zip(ranges, outs, strict=True)
+            for (a, b), out in zip(ranges[1:], outs, strict=True)
         ]
+        first = _parse_range(path, *ranges[0])
         errors = [child.communicate()[1].decode(errors="replace").strip() for child in children]
         for child, err in zip(children, errors, strict=True):
             if child.returncode != 0:
                 raise HarnessError(
                     f"parsing {path} in a child process failed ({child.returncode}): {err[-500:]}"
                 )
-        return [_read_part(out) for out in outs]
+        return [first, *(_read_part(out) for out in outs)]
 
 
 def _write_part(part: _Part, out: Path) -> None:
