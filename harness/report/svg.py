@@ -1,4 +1,5 @@
-"""Tiny inline-SVG charts for the HTML report: lines (optionally log axes) and stacked bars.
+"""Tiny inline-SVG charts for the HTML report: lines (optionally on a log x axis) and stacked bars,
+y axes from zero.
 
 Self-contained on purpose: the report opens without network or plotting libraries. Styling comes
 from the page's CSS classes (`.axis`, `.grid`, `.tick`...), colours from `PALETTE`; legends are the
@@ -52,8 +53,6 @@ class Chart:
     x_label: str
     y_label: str
     x_log: bool = False
-    y_log: bool = False
-    y_from_zero: bool = True
     x_min: float | None = None
     """Left end of the x axis when the data should not decide it (e.g. 1 for events per read)."""
     width: int = 860
@@ -193,14 +192,11 @@ def line_chart(chart: Chart, lines: Sequence[Line]) -> str:
     ys = np.concatenate([ln.y[m] for ln, m in finite] or [np.zeros(0)])
     if chart.x_log:
         xs = xs[xs > 0]
-    if chart.y_log:
-        ys = ys[ys > 0]
     if xs.size == 0 or ys.size == 0:
         return _empty(chart)
     x_lo = float(xs.min()) if chart.x_min is None else min(chart.x_min, float(xs.min()))
     xa = _Axis(x_lo, float(xs.max()), _MARGIN_LEFT, chart.width - _MARGIN_RIGHT, chart.x_log, to_ticks=False)
-    y_lo = 0.0 if chart.y_from_zero and not chart.y_log else float(ys.min())
-    ya = _Axis(y_lo, float(ys.max()), chart.height - _MARGIN_BOTTOM, _MARGIN_TOP, chart.y_log, to_ticks=True)
+    ya = _Axis(0.0, float(ys.max()), chart.height - _MARGIN_BOTTOM, _MARGIN_TOP, False, to_ticks=True)
     out = _frame(chart, xa, ya)
     for ln, m in finite:
         color = PALETTE[ln.color % len(PALETTE)]
