@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
+from harness_helpers import harness
 from recordgen import record, write_run
 
 from harness.errors import InputError
 from harness.report.compare import Comparison, compare
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def make_run(
@@ -133,31 +130,21 @@ def test_unknown_metric_is_bad_input(tmp_path: Path) -> None:
         compare(base, base, metrics=["ttft_p50"])
 
 
-def harness(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
-
-
 def test_cli_compare_exit_codes_and_files(tmp_path: Path) -> None:
     base = make_run(tmp_path / "base", seed=1)
     same = make_run(tmp_path / "same", seed=2)
     slower = make_run(tmp_path / "slower", seed=3, ttft_scale=1.5)
-    ok = harness("compare", base, same, "--out", tmp_path / "cmp", "--trim-s", "0")
+    ok = harness("compare", str(base), str(same), "--out", str(tmp_path / "cmp"), "--trim-s", "0")
     assert ok.returncode == 0, ok.stderr
     assert "no clear change" in ok.stdout
     data = orjson.loads((tmp_path / "cmp" / "compare.json").read_bytes())
     assert data["regressions"] == 0 and data["resamples"] == 1000
     assert "| host | model | metric |" in (tmp_path / "cmp" / "compare.md").read_text()
-    bad = harness("compare", base, slower, "--trim-s", "0")
+    bad = harness("compare", str(base), str(slower), "--trim-s", "0")
     assert bad.returncode == 1
     assert "Traceback" not in bad.stderr
     # TTFT p50 and p95 are 50% worse; E2E p95, which holds TTFT, too.
     assert bad.stderr.startswith("harness: 3 metric(s) regressed beyond 5%: ttft_ms_p50 +")
     assert len(bad.stderr.strip().splitlines()) == 1
-    wrong = harness("compare", base, tmp_path / "missing")
+    wrong = harness("compare", str(base), str(tmp_path / "missing"))
     assert wrong.returncode == 2 and "no such folder" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -6,14 +6,13 @@ report and checks what every report must hold.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from harness_helpers import harness, last_line
 from recordgen import T0_NS, record, write_run
 
 from harness.errors import InputError
@@ -21,8 +20,6 @@ from harness.records import ERROR_CATEGORIES
 from harness.report import Report, build, jsonl, load, measured, plots
 from harness.report.aggregate import Summarizer
 from harness.report.load import CACHE_NAME
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def build_report(run_dirs: Path | list[Path], out: Path | None = None, **kwargs: Any) -> Report:
@@ -403,21 +400,11 @@ def test_missing_inputs_raise_input_errors(tmp_path: Path) -> None:
 # --- the command line -----------------------------------------------------------------------------------
 
 
-def harness(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
-
-
 def test_cli_report_writes_into_the_run_folder(tmp_path: Path) -> None:
     run = write_run(tmp_path / "r", [record(t_s=0.1 * i) for i in range(10)])
-    done = harness("report", run, "--trim-s", "0", "--by", "host,model")
+    done = harness("report", str(run), "--trim-s", "0", "--by", "host,model")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == str(run)
+    assert last_line(done.stdout) == str(run)
     assert (run / "report.html").is_file() and (run / "summary.json").is_file()
     assert orjson.loads((run / "summary.json").read_bytes())["by"] == ["host", "model"]
 
@@ -425,9 +412,9 @@ def test_cli_report_writes_into_the_run_folder(tmp_path: Path) -> None:
 def test_cli_report_several_runs_needs_out_or_writes_results(tmp_path: Path) -> None:
     a = write_run(tmp_path / "a", [record(t_s=0.1 * i) for i in range(5)], run_id="a")
     b = write_run(tmp_path / "b", [record(t_s=0.1 * i) for i in range(5)], run_id="b")
-    done = harness("report", a, b, cwd=tmp_path)
+    done = harness("report", str(a), str(b), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    out = Path(done.stdout.strip().splitlines()[-1])
+    out = Path(last_line(done.stdout))
     assert out.parts[0] == "results" and out.name.startswith("report-")
     assert (tmp_path / out / "report.md").is_file()
 
