@@ -1,0 +1,187 @@
+"""Stream diagnostics: what the arrival of tokens says about the wire, named in plain words.
+
+Pure functions of records (dicts as in records.jsonl). For a group of requests they measure how
+tokens arrived (tokens per socket read, the share of tokens that came in bursts, the gap between
+the first byte and the first token, raw gaps against per-request TPOT) and recognise patterns:
+
+- `nagle`: the server holds small writes until the client's ACK. On a reused keep-alive
+  connection whose client delays its ACKs, the first token waits ~40 ms behind the role chunk and
+  the stream arrives in bursts. Evidence: TTFB→TTFT on reused connections ~25-60 ms above that of
+  fresh connections, or (without fresh ones) a TTFB→TTFT gap near 40 ms with bursty reads.
+- `client_limited`: raw gaps between token events collapse towards 0 while per-request TPOT stays
+  normal (events read in bursts) and the client's own CPU or event-loop lag was high.
+- `bursty`: the same burst signature without evidence against the client: something buffers
+  (the server's writes, a proxy).
+- `first_wave`: the first request of each connection has a much worse TTFT tail than the rest
+  (all users connecting at once inflates p99).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Finding", "StreamStats", "diagnose", "stream_stats"]
+
+NAGLE_MS = (25.0, 60.0)
+
+
+@dataclass
+class StreamStats:
+    requests: int
+    tokens_per_read_p50: float | None
+    """Content events per socket read that carried any (1 = every token read on its own)."""
+    burst_share: float | None
+    """Share of tokens that arrived in a read together with another token."""
+    ttfb_to_ttft_ms_p50: float | None
+    raw_gap_ms_p50: float | None
+    """Median gap between consecutive token events, pooled over requests."""
+    tpot_ms_p50: float | None
+    fresh_ttfb_to_ttft_ms_p50: float | None
+    reused_ttfb_to_ttft_ms_p50: float | None
+    first_on_connection_ttft_ms_p99: float | None
+    later_ttft_ms_p99: float | None
+    first_on_connection: int = 0
+
+
+@dataclass
+class Finding:
+    pattern: str
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def _p99(values: Sequence[float]) -> float | None:
+    return round(float(np.percentile(values, 99)), 3) if values else None
+
+
+def stream_stats(records: Iterable[dict[str, Any]]) -> StreamStats:
+    """Formulas: tokens per read = content_events / content_reads; burst share = tokens whose
+    arrival stamp equals a neighbour's (same read) / all tokens; TTFB→TTFT = ttft_ms - ttfb_ms;
+    raw gap = differences of consecutive event_offsets_us, pooled."""
+    per_read: list[float] = []
+    gaps_fresh: list[float] = []
+    gaps_reused: list[float] = []
+    raw: list[float] = []
+    tpot: list[float] = []
+    first_ttft: list[float] = []
+    later_ttft: list[float] = []
+    bursty = total = n = 0
+    for r in records:
+        if r.get("warmup") or not r.get("ok") or r.get("ttft_ms") is None:
+            continue
+        n += 1
+        events = r.get("content_events") or 0
+        reads = r.get("content_reads") or 0
+        if reads:
+            per_read.append(events / reads)
+        if r.get("ttfb_ms") is not None:
+            (gaps_reused if r.get("conn_reused") else gaps_fresh).append(r["ttft_ms"] - r["ttfb_ms"])
+        (later_ttft if r.get("conn_reused") else first_ttft).append(r["ttft_ms"])
+        if r.get("tpot_ms") is not None:
+            tpot.append(r["tpot_ms"])
+        offs = r.get("event_offsets_us") or []
+        total += len(offs)
+        for i, t in enumerate(offs):
+            if (i > 0 and offs[i - 1] == t) or (i + 1 < len(offs) and offs[i + 1] == t):
+                bursty += 1
+            if i:
+                raw.append((t - offs[i - 1]) / 1000)
+    return StreamStats(
+        requests=n,
+        tokens_per_read_p50=_median(per_read),
+        burst_share=round(bursty / total, 4) if total else None,
+        ttfb_to_ttft_ms_p50=_median(gaps_fresh + gaps_reused),
+        raw_gap_ms_p50=_median(raw),
+        tpot_ms_p50=_median(tpot),
+        fresh_ttfb_to_ttft_ms_p50=_median(gaps_fresh),
+        reused_ttfb_to_ttft_ms_p50=_median(gaps_reused),
+        first_on_connection_ttft_ms_p99=_p99(first_ttft),
+        later_ttft_ms_p99=_p99(later_ttft),
+        first_on_connection=len(first_ttft),
+    )
+
+
+def diagnose(
+    stats: StreamStats,
+    *,
+    connection: str | None = None,
+    client_cpu_max: float | None = None,
+    client_lag_ms_p99: float | None = None,
+) -> list[Finding]:
+    """Patterns recognised in one group's stats (see the module docstring)."""
+    out: list[Finding] = []
+    lo, hi = NAGLE_MS
+    fresh, reused = stats.fresh_ttfb_to_ttft_ms_p50, stats.reused_ttfb_to_ttft_ms_p50
+    reusing = connection in (None, "reuse")
+    if reusing and fresh is not None and reused is not None and stats.first_on_connection >= 3:
+        extra = reused - fresh
+        if lo <= extra <= hi:
+            out.append(
+                Finding(
+                    "nagle",
+                    "server holds small writes until ACK (Nagle): clients that reuse connections see "
+                    f"about +{extra:.0f} ms to first token",
+                    {"reused_ttfb_to_ttft_ms_p50": reused, "fresh_ttfb_to_ttft_ms_p50": fresh},
+                )
+            )
+    elif reusing and reused is not None and 35 <= reused <= 50 and (stats.tokens_per_read_p50 or 0) >= 4:
+        out.append(
+            Finding(
+                "nagle",
+                "server holds small writes until ACK (Nagle): clients that reuse connections see "
+                f"about +40 ms to first token (first token {reused:.0f} ms after the first byte, tokens in bursts)",
+                {"reused_ttfb_to_ttft_ms_p50": reused, "tokens_per_read_p50": stats.tokens_per_read_p50},
+            )
+        )
+    nagle = any(f.pattern == "nagle" for f in out)
+    raw, tpot = stats.raw_gap_ms_p50, stats.tpot_ms_p50
+    if not nagle and raw is not None and tpot is not None and tpot >= 0.5 and raw < 0.25 * tpot:
+        strained = (client_cpu_max is not None and client_cpu_max > 80) or (
+            client_lag_ms_p99 is not None and client_lag_ms_p99 > 5
+        )
+        evidence = {"raw_gap_ms_p50": raw, "tpot_ms_p50": tpot, "burst_share": stats.burst_share}
+        if strained:
+            evidence.update(client_cpu_max=client_cpu_max, client_lag_ms_p99=client_lag_ms_p99)
+            out.append(
+                Finding(
+                    "client_limited",
+                    "client could not keep up (raw gaps near 0 while per-request TPOT is normal): "
+                    "figures not trustworthy, add workers",
+                    evidence,
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    "bursty",
+                    "tokens arrive in bursts (raw gaps near 0 while per-request TPOT is normal) although "
+                    "the client was not busy: the server or something in between buffers its writes",
+                    evidence,
+                )
+            )
+    first, later = stats.first_on_connection_ttft_ms_p99, stats.later_ttft_ms_p99
+    if (
+        first is not None
+        and later
+        and stats.first_on_connection >= 3
+        and first > 2 * later
+        and first - later > 5
+    ):
+        out.append(
+            Finding(
+                "first_wave",
+                f"first wave of connections inflates the tail: TTFT p99 {first:.0f} ms on each connection's "
+                f"first request against {later:.0f} ms on the rest",
+                {"first_on_connection_ttft_ms_p99": first, "later_ttft_ms_p99": later},
+            )
+        )
+    return out
