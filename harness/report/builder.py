@@ -14,6 +14,7 @@ from typing import Any
 
 from harness import __version__
 from harness.errors import InputError
+from harness.report import wire
 from harness.report.aggregate import DEFAULT_BY, Row, Summarizer, check_by
 from harness.report.load import Dataset, load_runs
 from harness.report.measured import Selection, select
@@ -114,6 +115,15 @@ def build(
     by_host_model = groups if keys == HOST_MODEL else summarizer.groups(HOST_MODEL, itl=False)
     stage_rows = groups if keys == DEFAULT_BY else summarizer.groups(DEFAULT_BY, itl=False)
     summary = _summary(ds, selection, keys, groups, overall, by_host_model)
+    health = wire.client_health(ds)
+    summary["client_health"] = health
+    summary["diagnostics"] = wire.diagnostics(ds, health)
+    summary["warnings"] += [
+        f"run {h['run_id']}, stage {h['stage']}: {h['verdict']} (worker CPU max {h['cpu_percent_max']:.0f} %, "
+        f"loop lag p99 {h['loop_lag_ms_p99']:.1f} ms)"
+        for h in health
+        if h["client_limited"]
+    ]
     ctx = ReportContext(summary, build_tables(summary), ds, summarizer, stage_rows)
     make_out_dir(out_dir)
     report = Report(summary)

@@ -62,13 +62,16 @@ FLOAT_FIELDS = (
     "content_reads",
     "content_events",
 )
+#: Nullable booleans beyond the contract's keys (stream diagnostics: fresh against reused connections).
+OPTIONAL_BOOL_FIELDS = ("conn_reused",)
 #: Keys beyond the contract's required ones: absent -> null.
-OPTIONAL_FIELDS = ("connection", "content_reads", "content_events")
+OPTIONAL_FIELDS = ("connection", "content_reads", "content_events", *OPTIONAL_BOOL_FIELDS)
 SCHEMA = pa.schema(
     [(n, pa.string()) for n, _ in STRING_FIELDS]
     + [(n, pa.bool_()) for n in BOOL_FIELDS]
     + [(n, pa.int64()) for n in INT_FIELDS]
     + [(n, pa.float64()) for n in FLOAT_FIELDS]
+    + [(n, pa.bool_()) for n in OPTIONAL_BOOL_FIELDS]
     + [("event_offsets_us", pa.large_list(pa.int32()))]
 )
 #: Offsets are µs after sending: int32 holds 35 minutes, far beyond any stream (and catches ns by mistake).
@@ -91,6 +94,7 @@ def _record_type(*, exact: bool) -> Any:
     types |= {n: float | None for n in FLOAT_FIELDS}
     types |= {"dispatch_delay_ms": float, "input_tokens": int | None, "output_tokens": int | None}
     types |= {"content_reads": int | None, "content_events": int | None}
+    types |= {n: bool | None for n in OPTIONAL_BOOL_FIELDS}
     types["event_offsets_us"] = list[int] if exact else msgspec.Raw
     missing = {
         n: None if exact or types[n] is not msgspec.Raw else msgspec.Raw(b"null") for n in OPTIONAL_FIELDS
@@ -304,6 +308,7 @@ def _typed_columns(records: list[Any]) -> list[pa.Array]:
     columns = [pa.array(np.array(_values(records, n), dtype=bool)) for n in BOOL_FIELDS]
     columns += [pa.array(np.array(_values(records, n), dtype=np.int64)) for n in INT_FIELDS]
     columns += [pa.array(_values(records, n), pa.float64()) for n in FLOAT_FIELDS]
+    columns += [pa.array(_values(records, n), pa.bool_()) for n in OPTIONAL_BOOL_FIELDS]
     return columns
 
 

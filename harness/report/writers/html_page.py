@@ -7,6 +7,7 @@ import re
 from html import escape
 from pathlib import Path
 
+from harness.report import wire
 from harness.report.aggregate import OVERALL
 from harness.report.builder import ReportContext
 from harness.report.plots import figures
@@ -109,6 +110,21 @@ def render(ctx: ReportContext) -> str:
             + "".join(f"<dt>{escape(c.title)}</dt><dd>{_code(c.doc)}</dd>" for c in table.columns)
             + "</dl></details></section>"
         )
+    header, rows = wire.table_rows(s)
+    parts.append(
+        f'<section id="diagnostics"><h2>Stream diagnostics</h2><p class="doc">{escape(wire.DOC)}</p><table><thead><tr>'
+        + "".join(f"<th>{escape(h)}</th>" for h in header)
+        + "</tr></thead><tbody>"
+        + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        + "</tbody></table>"
+        + "".join(
+            f"<p class='doc'>Client health, run {escape(h['run_id'])} stage {escape(h['stage'])}: "
+            f"{h['workers']} worker(s), CPU max {h['cpu_percent_max']:.0f} %, loop lag p99 {h['loop_lag_ms_p99']:.2f} ms: "
+            f"<strong>{escape(h['verdict'])}</strong></p>"
+            for h in s.get("client_health", [])
+        )
+        + "</section>"
+    )
     parts.append(
         '<section><h2>Notes</h2><ul class="notes">'
         + "".join(f"<li>{_code(n)}</li>" for n in notes(s))

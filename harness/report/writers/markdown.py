@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.report import wire
 from harness.report.builder import ReportContext
 from harness.report.tables import Table, format_value, header_row
 from harness.report.writers.common import highlights, notes, scope
@@ -34,6 +35,7 @@ def render(ctx: ReportContext) -> str:
     for table in rest:
         out += [f"## {table.title}", "", table.doc, "", *_table(table), ""]
         out += ["Columns: " + "; ".join(f"**{c.title}**: {c.doc}" for c in table.columns) + ".", ""]
+    out += wire.markdown_lines(s)
     out += ["## Notes", "", *(f"- {n}" for n in notes(s)), ""]
     return "\n".join(out)
 

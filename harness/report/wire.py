@@ -1,0 +1,211 @@
+"""Wire-level findings for the report: stream diagnostics per group, and the client's own health.
+
+- Stream diagnostics (`harness.diagnostics`) per (run, host, model, stage, connection): tokens per
+  socket read, share of tokens in bursts, TTFB→TTFT, and the patterns it names (Nagle, a client that
+  could not keep up, buffering, a first wave of connections). Computed on up to `SAMPLE` successful
+  measured records per group (seeded), which is plenty for medians and bursts.
+- Client health from `client_metrics.jsonl` (each Locust process samples its CPU and event-loop lag
+  every second): a stage where any worker was above `CPU_LIMIT` % or its loop lag p99 above
+  `LAG_LIMIT_MS` is client-limited: its figures are not trustworthy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import orjson
+
+from harness.diagnostics import diagnose, stream_stats
+from harness.report.load import Dataset
+
+__all__ = [
+    "CPU_LIMIT",
+    "LAG_LIMIT_MS",
+    "client_health",
+    "diagnostics",
+    "markdown_lines",
+    "table_rows",
+    "verdict",
+]
+
+SAMPLE = 20_000
+CPU_LIMIT = 80.0
+LAG_LIMIT_MS = 5.0
+KEYS = ("run_id", "host", "model", "stage", "connection")
+
+
+def client_health(ds: Dataset) -> list[dict[str, Any]]:
+    """Per (run, stage): the worst worker CPU % and loop lag p99 seen, and whether it was too busy."""
+    out = []
+    for run in ds.runs:
+        path = run.dir / "client_metrics.jsonl"
+        if not path.exists():
+            continue
+        by_stage: dict[str, list[dict[str, Any]]] = {}
+        for line in path.read_bytes().splitlines():
+            try:
+                m = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            by_stage.setdefault(str(m.get("stage")), []).append(m)
+        for stage, samples in by_stage.items():
+            cpu = max(float(m.get("cpu_percent") or 0) for m in samples)
+            lag = float(np.percentile([float(m.get("loop_lag_ms_p99") or 0) for m in samples], 99))
+            out.append(
+                {
+                    "run_id": run.run_id,
+                    "stage": stage,
+                    "workers": len({m.get("worker") for m in samples}),
+                    "samples": len(samples),
+                    "cpu_percent_max": round(cpu, 1),
+                    "loop_lag_ms_p99": round(lag, 2),
+                    "client_limited": cpu > CPU_LIMIT or lag > LAG_LIMIT_MS,
+                    "verdict": verdict(cpu, lag),
+                }
+            )
+    return out
+
+
+def verdict(cpu: float, lag_ms: float) -> str:
+    if cpu > CPU_LIMIT:
+        return "client-limited (CPU): figures not trustworthy; add workers"
+    if lag_ms > LAG_LIMIT_MS:
+        return (
+            "client starved (event loop late while its CPU was free: other processes, the host perhaps, "
+            "share its cores): figures not trustworthy; give the client its own cores"
+        )
+    return "ok"
+
+
+def _offsets_by_row(ds: Dataset, rows: np.ndarray) -> dict[int, list[int]]:
+    wanted = np.sort(rows)
+    out: dict[int, list[int]] = {}
+    for first, values, lengths in ds.blocks():
+        lo, hi = np.searchsorted(wanted, [first, first + len(lengths)])
+        if lo == hi:
+            continue
+        starts = np.concatenate(([0], np.cumsum(lengths)))
+        for row in wanted[lo:hi]:
+            i = int(row - first)
+            out[int(row)] = values[starts[i] : starts[i + 1]].tolist()
+    return out
+
+
+def diagnostics(ds: Dataset, health: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stream statistics and named findings per group of successful measured records."""
+    f = ds.frame
+    if "measured" not in f or not len(f):
+        return []
+    mask = (f["measured"] & f["ok"]).to_numpy()
+    rows = np.flatnonzero(mask)
+    if not rows.size:
+        return []
+    sub = f.iloc[rows]
+    keys = [k for k in KEYS if k in f]
+    rng = np.random.default_rng(0)
+    groups = sub.groupby(keys, observed=True, dropna=False, sort=True).indices
+    chosen = {
+        key: rows[idx if len(idx) <= SAMPLE else rng.choice(idx, SAMPLE, replace=False)]
+        for key, idx in groups.items()
+    }
+    offsets = _offsets_by_row(ds, np.concatenate(list(chosen.values()))) if chosen else {}
+    worst = {(h["run_id"], h["stage"]): h for h in health}
+    cols = ["ttfb_ms", "ttft_ms", "tpot_ms", "content_events", "content_reads", "conn_reused"]
+    out = []
+    for key, grows in chosen.items():
+        key_t = key if isinstance(key, tuple) else (key,)
+        data = f.iloc[grows][cols].to_dict("records")
+        recs: list[dict[str, Any]] = []
+        for row, d in zip(grows, data, strict=True):
+            clean = {str(k): (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}
+            recs.append({**clean, "ok": True, "warmup": False, "event_offsets_us": offsets.get(int(row), [])})
+        named = dict(zip(keys, (str(k) if k is not None else None for k in key_t), strict=True))
+        stats = stream_stats(recs)
+        h = worst.get((named.get("run_id"), named.get("stage")))
+        findings = diagnose(
+            stats,
+            connection=named.get("connection"),
+            client_cpu_max=h["cpu_percent_max"] if h else None,
+            client_lag_ms_p99=h["loop_lag_ms_p99"] if h else None,
+        )
+        out.append({"key": named, "stats": asdict(stats), "findings": [asdict(x) for x in findings]})
+    return out
+
+
+def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the stream diagnostics table (both writers show the same)."""
+
+    def num(v: Any, digits: int = 2) -> str:
+        return "–" if v is None else f"{v:.{digits}f}"
+
+    header = [
+        "Host",
+        "Model",
+        "Stage",
+        "Connection",
+        "Tokens/read p50",
+        "Burst share",
+        "TTFB→TTFT p50 (ms)",
+        "Raw gap p50 (ms)",
+        "TPOT p50 (ms)",
+        "Findings",
+    ]
+    rows = []
+    for d in summary.get("diagnostics", []):
+        k, s = d["key"], d["stats"]
+        rows.append(
+            [
+                str(k.get("host")),
+                str(k.get("model")),
+                str(k.get("stage")),
+                str(k.get("connection") or "–"),
+                num(s["tokens_per_read_p50"], 1),
+                num(s["burst_share"]),
+                num(s["ttfb_to_ttft_ms_p50"]),
+                num(s["raw_gap_ms_p50"]),
+                num(s["tpot_ms_p50"]),
+                "; ".join(x["message"] for x in d["findings"]) or "none",
+            ]
+        )
+    return header, rows
+
+
+DOC = (
+    "How tokens arrived, per group: tokens per socket read (1 = each token read on its own), the share of "
+    "tokens that came in a read with another, first byte to first token, the median raw gap between token "
+    "events against per-request TPOT, and the patterns these reveal, named in plain words."
+)
+
+
+def markdown_lines(summary: dict[str, Any]) -> list[str]:
+    header, rows = table_rows(summary)
+    lines = [
+        "## Stream diagnostics",
+        "",
+        DOC,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+    ]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    health = summary.get("client_health", [])
+    if health:
+        lines += [
+            "",
+            "## Client health",
+            "",
+            f"Each Locust process samples its CPU and event-loop lag every second. A stage with a worker above "
+            f"{CPU_LIMIT:g} % CPU or loop lag p99 above {LAG_LIMIT_MS:g} ms is client-limited: its figures "
+            "are not trustworthy; add workers.",
+            "",
+            "| Run | Stage | Workers | CPU max (%) | Loop lag p99 (ms) | Verdict |",
+            "| --- | --- | --: | --: | --: | --- |",
+        ]
+        lines += [
+            f"| {h['run_id']} | {h['stage']} | {h['workers']} | {h['cpu_percent_max']:.0f} | {h['loop_lag_ms_p99']:.2f} | "
+            f"{h['verdict']} |"
+            for h in health
+        ]
+    return lines + [""]

@@ -1,0 +1,90 @@
+"""The report's wire-level sections: client health from client_metrics.jsonl, and stream
+diagnostics naming Foundry Local's Nagle artefact for the `reuse` policy only (real runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from harness_helpers import harness, last_line
+from recordgen import T0_NS, record, write_run
+
+from harness.report import build
+
+
+def metrics_line(worker: str, t_s: float, cpu: float, lag: float, stage: str = "s1") -> bytes:
+    sample = {
+        "worker": worker,
+        "t_unix_ns": T0_NS + int(t_s * 1e9),
+        "stage": stage,
+        "cpu_percent": cpu,
+        "loop_lag_ms_p50": lag / 2,
+        "loop_lag_ms_p99": lag,
+        "loop_lag_ms_max": lag,
+        "users": 4,
+        "inflight": 2,
+    }
+    return orjson.dumps(sample) + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("cpu", "lag", "verdict"),
+    [(30.0, 1.0, "ok"), (95.0, 1.0, "client-limited (CPU)"), (20.0, 40.0, "client starved")],
+)
+def test_client_health_flags_busy_or_starved_clients(
+    tmp_path: Path, cpu: float, lag: float, verdict: str
+) -> None:
+    run = write_run(tmp_path / "r", [record(t_s=i * 0.5, seq=i) for i in range(20)])
+    lines = [metrics_line("a:1", t, 20.0, 0.5) for t in range(10)] + [metrics_line("b:2", 5, cpu, lag)]
+    (run / "client_metrics.jsonl").write_bytes(b"".join(lines))
+    report = build([run], run, formats=["md", "json", "html"])
+    (health,) = report.summary["client_health"]
+    assert health["workers"] == 2 and health["cpu_percent_max"] == max(cpu, 20.0)
+    assert health["verdict"].startswith(verdict)
+    flagged = [w for w in report.warnings if "stage s1" in w]
+    assert bool(flagged) == (verdict != "ok")
+    md = (run / "report.md").read_text()
+    assert "## Client health" in md and verdict.split(" (")[0] in md
+    assert "Stream diagnostics" in (run / "report.html").read_text()
+
+
+def test_diagnostics_group_per_connection_policy(tmp_path: Path) -> None:
+    recs = [record(t_s=i * 0.1, seq=i, connection="reuse" if i % 2 else "new") for i in range(40)]
+    run = write_run(tmp_path / "r", recs)
+    summary = build([run], run, formats=["json"], trim_s=0).summary
+    assert {d["key"]["connection"] for d in summary["diagnostics"]} == {"reuse", "new"}
+    for d in summary["diagnostics"]:
+        assert d["stats"]["requests"] == 20 and d["stats"]["tokens_per_read_p50"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.foundry
+def test_report_names_nagle_for_reuse_runs_against_foundry(tmp_path: Path) -> None:
+    runs = []
+    for policy in ("reuse", "new", "reuse-quickack"):
+        proc = harness(
+            "run",
+            "--connection",
+            policy,
+            "--users",
+            "2",
+            "--duration",
+            "4s",
+            "--max-tokens",
+            "64",
+            "--stop-timeout",
+            "10s",
+            "--out",
+            str(tmp_path),
+            "--run-id",
+            policy,
+            "--no-report",
+        )
+        assert proc.returncode == 0, proc.stderr
+        runs.append(Path(last_line(proc.stdout)))
+    summary = build(runs, tmp_path / "report", formats=["md", "json"]).summary
+    found = {d["key"]["connection"]: {f["pattern"] for f in d["findings"]} for d in summary["diagnostics"]}
+    assert "nagle" in found["reuse"], summary["diagnostics"]
+    assert "nagle" not in found["new"] and "nagle" not in found["reuse-quickack"], found
+    assert "Nagle" in (tmp_path / "report" / "report.md").read_text()
