@@ -505,13 +505,12 @@ def _worker_counts(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[st
 def _report(run_dir: Path, enabled: bool, problems: list[str]) -> str:
     if not enabled:
         return ""
-    try:
-        from harness.report import build  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return ""
+    from harness.report import build
+
     try:
         report = build([run_dir], run_dir)
     except HarnessError as exc:
         problems.append(f"report: {exc}")
         return ""
+    problems.extend(f"report: {w}" for w in report.warnings)
     return report.console_table()

@@ -159,3 +159,24 @@ def test_worker_then_master_killed_the_folder_is_recovered(tmp_path: Path) -> No
     assert len(keys(final)) == len(final), "no record twice"
     manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
     assert manifest["exit_code"] == proc.returncode
+
+
+def test_report_recover_merges_spools_by_hand(tmp_path: Path) -> None:
+    """`harness report --recover`: a master that died before writing what workers sent."""
+    from harness_helpers import harness
+
+    run = tmp_path / "crashed"
+    (run / "spool").mkdir(parents=True)
+    from recordgen import record, write_run
+
+    recs = [record(t_s=i * 0.2, seq=i, worker="box:7") for i in range(30)]
+    write_run(run, recs[:10], tail=b'{"run_id": "run-a", "wor')  # the master wrote 10, then died mid-line
+    (run / "spool" / "box-7.records.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in recs))
+    proc = harness("report", str(run), "--recover", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert "20 record(s) recovered" in proc.stderr
+    assert len(records(run)) == 30
+    summary = orjson.loads((run / "summary.json").read_bytes())
+    assert summary["counts"]["records"] == 30 and summary["counts"]["broken_lines"] == 0
+    nothing = harness("report", str(tmp_path), "--recover")
+    assert nothing.returncode == 2 and "no worker spools" in nothing.stderr

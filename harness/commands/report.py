@@ -43,6 +43,11 @@ def add_parser(sub: Any) -> None:
         help="seconds dropped at each end of every stage, by send time (default: automatic, 0 for stages under "
         "3 s, else min(5 s, 10%% of the stage); 0: keep everything)",
     )
+    p.add_argument(
+        "--recover",
+        action="store_true",
+        help="first re-assemble each run's records.jsonl from its worker spools (after a master crash)",
+    )
     p.set_defaults(func=run)
 
 
@@ -54,6 +59,19 @@ def split_list(value: str | None) -> list[str] | None:
 def run(args: argparse.Namespace) -> int:
     from harness.report import build
 
+    if args.recover:
+        from harness.errors import InputError
+        from harness.recover import recover_run, spool_files
+
+        for run_dir in args.run_dirs:
+            if not spool_files(run_dir):
+                raise InputError(f"{run_dir}: --recover found no worker spools (spool/*.records.jsonl)")
+            r = recover_run(run_dir)
+            print(
+                f"harness: {run_dir}: {r.added} record(s) recovered from {r.spools} spool(s); "
+                f"records.jsonl now holds {r.after}",
+                file=sys.stderr,
+            )
     out = args.out
     if out is None:
         out = args.run_dirs[0] if len(args.run_dirs) == 1 else default_out_dir("report")
