@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 from harness.client import Connection, Timeouts
 from harness.hosts import HostInfo, normalize_base_url
 
-__all__ = ["discover_foundry_endpoints", "load_model", "loaded_models"]
+__all__ = ["alias_candidates", "discover_foundry_endpoints", "load_model", "loaded_models"]
 
 _URL = re.compile(r"https?://[\w.\-\[\]:]+(?::\d+)?(?:/[\w./\-]*)?")
 
@@ -52,9 +52,7 @@ def loaded_models(info: HostInfo, *, timeout_s: float = 10.0) -> list[str] | Non
     if path is None:
         return None
     # Local-catalog models are served under /catalogs/<name>/, their loaded list too.
-    prefix = urlsplit(info.url).path.rsplit("/v1", 1)[0]
-    if prefix.startswith("/catalogs/"):
-        path = prefix + path
+    path = _catalog_prefix(info.url) + path
     import orjson
 
     conn = Connection(_root(info.url), timeouts=Timeouts(timeout_s, timeout_s, timeout_s, timeout_s))
@@ -79,24 +77,49 @@ def loaded_models(info: HostInfo, *, timeout_s: float = 10.0) -> list[str] | Non
     )
 
 
+_VARIANT = re.compile(r"-(generic|cuda|trt|trtrtx|qnn|openvino|vitis|webgpu|dml)-(cpu|gpu|npu)$")
+
+
+def _catalog_prefix(url: str) -> str:
+    """`/catalogs/local` for local-catalog models (their endpoints live under it), else ''."""
+    prefix = urlsplit(url).path.rsplit("/v1", 1)[0]
+    return prefix if prefix.startswith("/catalogs/") else ""
+
+
+def alias_candidates(asked: str, resolved: str) -> list[str]:
+    """Names the current service may know a model by: it loads by alias only (an id with `:` is 404).
+    The alias is what the user asked when that has no version, else the id without its variant suffix."""
+    out = [] if ":" in asked else [asked]
+    name = resolved.split(":", 1)[0]
+    for candidate in (_VARIANT.sub("", name), name):
+        if candidate not in out:
+            out.append(candidate)
+    return out
+
+
 def load_model(info: HostInfo, asked: str, resolved: str, *, timeout_s: float = 600.0) -> tuple[bool, str]:
     """Ask a Foundry host to load a cached model; returns (ok, detail).
 
-    The current service loads by alias only (`/models/load/{alias}`; an id with `:` gives 404);
-    the legacy service by id (`/openai/load/{id}?ttl=600`).
+    The current service loads by alias (`[/catalogs/<name>]/models/load/{alias}`); the legacy
+    service by id (`/openai/load/{id}?ttl=600`).
     """
     if info.flavour == "foundry":
-        name = asked.split(":", 1)[0] if ":" in asked else asked
-        path = f"/models/load/{quote(name, safe='')}"
+        prefix = _catalog_prefix(info.url)
+        paths = [f"{prefix}/models/load/{quote(a, safe='')}" for a in alias_candidates(asked, resolved)]
     elif info.flavour == "foundry-legacy":
-        path = f"/openai/load/{quote(resolved, safe='')}?ttl=600"
+        paths = [f"/openai/load/{quote(resolved, safe='')}?ttl=600"]
     else:
         return False, f"a {info.flavour} host has no load endpoint"
-    conn = Connection(_root(info.url), timeouts=Timeouts(10.0, timeout_s, timeout_s, timeout_s))
-    try:
-        status, _, body = conn.get(path)
-    except OSError as exc:
-        return False, f"{type(exc).__name__}: {exc}"
-    finally:
-        conn.close()
-    return status == 200, f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
+    detail = ""
+    for path in paths:
+        conn = Connection(_root(info.url), timeouts=Timeouts(10.0, timeout_s, timeout_s, timeout_s))
+        try:
+            status, _, body = conn.get(path)
+        except OSError as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        finally:
+            conn.close()
+        detail = f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
+        if status == 200:
+            return True, detail
+    return False, detail

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from harness.errors import InputError
-from harness.hosts import normalize_base_url, probe_host, resolve_models
+from harness.errors import HostError, InputError
+from harness.hosts import HostInfo, normalize_base_url, probe_host, resolve_models
 from harness.scenario import Scenario
 
 __all__ = ["Plan", "Target", "build_targets", "host_label", "new_run_id", "prompt_dicts", "read_api_key"]
@@ -103,6 +103,23 @@ def read_api_key(env: str | None, file: str | None) -> str | None:
     return None
 
 
+def _load_missing(info: HostInfo, resolved: dict[str, str]) -> None:
+    """Load every resolved model the host has not loaded yet (Foundry Local flavours only)."""
+    from harness.discovery import load_model, loaded_models
+
+    loaded = loaded_models(info)
+    if loaded is None:
+        raise HostError(
+            f"host {info.url}: load_models is set but a {info.flavour} host cannot say what it has loaded"
+        )
+    for asked, model in resolved.items():
+        if model in loaded:
+            continue
+        ok, detail = load_model(info, asked, model)
+        if not ok:
+            raise HostError(f"host {info.url}: could not load model {model} ({detail})")
+
+
 def build_targets(scenario: Scenario, urls: dict[int, tuple[str, str | None, int | None]]) -> list[Target]:
     """Probe every host of the scenario and resolve its models.
 
@@ -117,6 +134,8 @@ def build_targets(scenario: Scenario, urls: dict[int, tuple[str, str | None, int
         info = probe_host(url, api_key=key)
         asked = spec.models if spec.models is not None else scenario.models
         resolved = resolve_models(info, asked)
+        if spec.load_models:
+            _load_missing(info, resolved)
         targets.append(
             Target(
                 url=url,

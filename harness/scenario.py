@@ -122,6 +122,9 @@ class HostSpec(_Model):
     name: str | None = Field(None, description="label in tables (default: host:port)")
     weight: float = Field(1.0, gt=0, description="share of users relative to the other hosts")
     models: list[str] | None = Field(None, description="models to use on this host (default: the scenario's)")
+    load_models: bool = Field(
+        False, description="ask a Foundry Local host to load models that are cached but not loaded"
+    )
     api_key_env: str | None = Field(None, description="environment variable holding this host's API key")
     api_key_file: str | None = Field(None, description="file holding this host's API key")
 
