@@ -98,12 +98,19 @@ def raw_client(base_url: str, model: str, concurrency: int, duration_s: float) -
 
 
 def harness_client(base_url: str, concurrency: int, duration_s: float, out: Path) -> dict[str, float]:
+    scenario = out / "same-request.yaml"  # the very request the raw client sends
+    scenario.write_text(
+        "prompts: [{id: count, text: Count slowly.}]\n"
+        f"request: {{max_tokens: {TOKENS}, temperature: 0}}\n"
+        "load: {stagger: 0}\nwarmup: {requests: 1}\n"
+    )
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "harness",
             "run",
+            str(scenario),
             "--host",
             base_url,
             "--users",
