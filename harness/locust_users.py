@@ -24,6 +24,7 @@ import random
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -60,6 +61,7 @@ def _add_arguments(parser: Any) -> None:
         "--scenario",
         default=os.environ.get("HARNESS_SCENARIO", ""),
         help="scenario file (YAML) for a plain locust run; hosts come from it or from --host",
+        include_in_web_ui=False,
     )
     parser.add_argument(
         "--run-dir", default="", help="run folder (default results/<run id>)", include_in_web_ui=False
@@ -109,6 +111,8 @@ class _Harness:
         self.worker = worker_id()
         self.seq = 0
         self.inflight = 0
+        self.inflight_by: Counter[tuple[str, str]] = Counter()
+        """Requests in flight per (host URL, model), for the web UI's live figures."""
         self.user_index = 0
         self._swrr = [0.0] * len(plan.targets)
         self.t0_unix_ns = int(_option(environment, "harness_t0") or time.time_ns())
@@ -409,6 +413,7 @@ class ChatUser(User):
             res = ChatResult()
             users = st.env.runner.user_count if st.env.runner else 0
             st.inflight += 1
+            st.inflight_by[(self.target.url, model)] += 1
             try:
                 self.conn.chat(body, stream=rq.stream, keep_text=rq.keep_text, result=res)
             except GreenletExit:
@@ -420,6 +425,7 @@ class ChatUser(User):
                 raise
             finally:
                 st.inflight -= 1
+                st.inflight_by[(self.target.url, model)] -= 1
             self.connect_failures = self.connect_failures + 1 if res.error == "connect" else 0
             prev_seq = self._record(
                 res, stage, model, prompt["id"], max_tokens, users, sched_unix_ns, attempt, prev_seq

@@ -46,7 +46,6 @@ from locust.runners import STATE_MISSING, STATE_RUNNING, STATE_SPAWNING, MasterR
 from pydantic import ValidationError
 
 from harness import locust_users
-from harness.client import chat as client_chat
 from harness.errors import HarnessError, InputError
 from harness.hosts import normalize_base_url, probe_host, resolve_models
 from harness.plan import Plan, Target, host_label, prompt_dicts, read_api_key
@@ -316,37 +315,16 @@ def _sync_worker_plan(environment: Environment) -> None:
 
 
 # --- requests in flight --------------------------------------------------------------------
-_SEND_CODE = getattr(getattr(locust_users.ChatUser, "_send", None), "__code__", None)
-_CHAT_CODE = getattr(getattr(client_chat.Connection, "chat", None), "__code__", None)
-
-
 def _local_inflight(environment: Environment) -> Counter[tuple[str, str]]:
-    """Requests in flight in this process, per (host, model), the total under ALL.
-
-    The total is the harness's own counter. Per host and model, locust_users has no counter, so
-    each user's greenlet stack is read: a user is in flight when its `ChatUser._send` frame is
-    inside `Connection.chat`, and that frame's locals name the model (the user names the host)."""
+    """Requests in flight in this process, per (host, model) from the users' own counter; the
+    total under ALL."""
     counts: Counter[tuple[str, str]] = Counter()
     st = locust_users._state
-    counts[ALL] = st.inflight if st is not None else 0
-    runner = environment.runner
-    if runner is None or _SEND_CODE is None or _CHAT_CODE is None:
+    if st is None:
+        counts[ALL] = 0
         return counts
-    for g in list(runner.user_greenlets):
-        frame = getattr(g, "gr_frame", None)
-        in_chat = False
-        while frame is not None:
-            if frame.f_code is _CHAT_CODE:
-                in_chat = True
-            elif frame.f_code is _SEND_CODE:
-                if in_chat:
-                    local = frame.f_locals
-                    target = getattr(local.get("self"), "target", None)
-                    model = local.get("model")
-                    if target is not None and isinstance(model, str):
-                        counts[(target.url, model)] += 1
-                break
-            frame = frame.f_back
+    counts.update({k: v for k, v in st.inflight_by.items() if v})
+    counts[ALL] = st.inflight
     return counts
 
 
