@@ -374,7 +374,9 @@ def execute_run(opts: RunOptions) -> RunOutcome:
                 f"Locust stopped after {ran_s:.1f} s of the planned {total_duration(stages):g} s (was it killed?)"
             )
             exit_code = 3
-        if code == 130:
+        if code == 130 and opts.web:
+            pass  # the web UI has no end of its own: Ctrl-C is how a web session finishes
+        elif code == 130:
             problems.append("run interrupted: streams in flight were recorded as `stopped`")
             exit_code = 3
         elif code == 137:
