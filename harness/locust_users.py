@@ -26,7 +26,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -165,11 +164,12 @@ class _Harness:
 
     # --- outputs
     def emit(self, rec: Record) -> None:
-        self.records.append(rec)
+        line = rec.to_json()  # once: serialising runs on the event loop that stamps the reads
+        self.records.append_line(line)
         if self.is_worker:
-            self.unsent.append(rec.to_json())
+            self.unsent.append(line)
         elif RECORD_OBSERVERS:
-            _notify(asdict(rec))
+            _notify(rec.to_dict())
 
     def _flush_loop(self) -> None:
         while True:
@@ -368,6 +368,9 @@ class ChatUser(User):
 
     @task
     def chat(self) -> None:
+        # Yield once first: a stop that Locust issued between two tasks lands here, before a new
+        # request is sent, instead of cutting that request (a spurious `stopped` record).
+        gevent.sleep(0)
         st = self.h
         stage = st.stage()
         sched_unix_ns = None

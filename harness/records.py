@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -129,7 +129,16 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        # orjson serialises dataclasses natively: ~20x faster than going through asdict(), which
+        # copies the token list element by element (it runs on the load generator's event loop).
+        return orjson.dumps(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A shallow dict of the fields (lists shared, not copied)."""
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Record))
 
 
 class Spool:
@@ -150,7 +159,10 @@ class Spool:
         self.count = 0
 
     def append(self, record: Record | dict[str, Any]) -> None:
-        line = record.to_json() if isinstance(record, Record) else orjson.dumps(record)
+        self.append_line(record.to_json() if isinstance(record, Record) else orjson.dumps(record))
+
+    def append_line(self, line: bytes) -> None:
+        """Append one already serialised JSON line (without its newline)."""
         with self._lock:
             self._pending.append(line + b"\n")
             self.count += 1
