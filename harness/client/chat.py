@@ -4,10 +4,14 @@ This module knows nothing of Locust. It uses the standard `socket` module, so in
 process (where gevent has patched `socket`) it runs on gevent's cooperative sockets, and anywhere
 else (benchmarks, `harness hosts`, warm-up) on plain blocking ones.
 
-Why a hand-written HTTP/1.1 client: measured here (docs/client-choice.md), reading the socket
-directly costs the least per event and is the only way to control the connection itself: a
-`perf_counter_ns()` stamp right after every `recv` (before any parsing), `TCP_QUICKACK` before every
-read (the `reuse-quickack` policy), and a connection per request (`new`), with connect time apart.
+Why a hand-written HTTP/1.1 client: measured here (benchmarks/README.md), reading the socket
+directly costs the least per event and is the only way to control the connection itself: a stamp
+for every read taken before any parsing, `TCP_QUICKACK` before every read (the `reuse-quickack`
+policy), and a connection per request (`new`), with connect time apart.
+
+Stamps: on Linux (plain TCP) each read is `recvmsg` with the kernel's receive timestamp
+(`SO_TIMESTAMPNS`), mapped onto the `perf_counter_ns` clock, so a busy event loop that reads late
+does not make tokens look late; elsewhere (and over TLS) `perf_counter_ns()` right after `recv`.
 
 Timing rules (docs/metrics.md): TTFT is the first event whose delta has non-empty `content`,
 `reasoning_content`/`reasoning` or `tool_calls` (never the empty role chunk Foundry Local sends
@@ -19,8 +23,11 @@ count of content events (`tokens_source` says which).
 from __future__ import annotations
 
 import errno
+import platform
 import socket
 import ssl
+import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -42,6 +49,19 @@ ConnectionPolicy = Literal["reuse", "new", "reuse-quickack"]
 CONNECTION_POLICIES: tuple[str, ...] = ("reuse", "new", "reuse-quickack")
 
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+# Linux: the kernel stamps each received packet (SO_TIMESTAMPNS); read with recvmsg, the stamp says
+# when the bytes arrived, however late a busy event loop got round to reading them.
+# Python does not export the constant; 35 is SO_TIMESTAMPNS on Linux's generic and x86 ABIs, where
+# the stamp is a 64-bit struct timespec.
+_LINUX_64 = sys.platform.startswith("linux") and platform.machine() in (
+    "x86_64",
+    "aarch64",
+    "arm64",
+    "riscv64",
+)
+_SO_TIMESTAMPNS: int | None = getattr(socket, "SO_TIMESTAMPNS", 35 if _LINUX_64 else None)
+_SCM_TIMESTAMPNS: int | None = getattr(socket, "SCM_TIMESTAMPNS", _SO_TIMESTAMPNS)
+_ANC_SIZE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
 _RECV_SIZE = 65536
 _MAX_ERROR_BODY = 65536
 
@@ -152,6 +172,7 @@ class Connection:
         timeouts: Timeouts | None = None,
         api_key: str | None = None,
         headers: dict[str, str] | None = None,
+        kernel_stamps: bool = True,
     ) -> None:
         if policy not in CONNECTION_POLICIES:
             raise ValueError(
@@ -179,6 +200,8 @@ class Connection:
         if policy == "new":
             head.append("Connection: close")
         self._head = "\r\n".join(head)
+        self._want_kernel_stamps = kernel_stamps
+        self._kernel_stamps = False
         self._sock: socket.socket | None = None
         self._requests_on_sock = 0
         self._leftover = b""
@@ -197,9 +220,16 @@ class Connection:
         t0 = time.perf_counter_ns()
         sock = socket.create_connection((self._host, self._port), timeout=self.timeouts.connect_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._kernel_stamps = False
         if self._tls:
             ctx = ssl.create_default_context()
             sock = ctx.wrap_socket(sock, server_hostname=self._host)
+        elif self._want_kernel_stamps and _SO_TIMESTAMPNS is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                self._kernel_stamps = True
+            except OSError:
+                pass
         self._sock = sock
         self._requests_on_sock = 0
         return time.perf_counter_ns() - t0
@@ -311,6 +341,7 @@ class Connection:
         deadline = res.sent_ns + int(t.total_s * 1e9)
         first_deadline = res.sent_ns + int(t.first_token_s * 1e9)
         quickack = self._quickack
+        kernel = self._kernel_stamps
         recv = sock.recv
         perf = time.perf_counter_ns
 
@@ -326,12 +357,17 @@ class Connection:
             if quickack:
                 sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK or 12, 1)
             try:
-                data = recv(_RECV_SIZE)
+                if kernel:
+                    data, ancillary, _flags, _addr = sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
+                else:
+                    data = recv(_RECV_SIZE)
             except TimeoutError:
                 raise TimeoutError(_timeout_detail(res, t)) from None
             except ConnectionResetError:
                 raise _Closed("connection reset by peer", reset=True) from None
             stamp = perf()
+            if kernel:
+                stamp = _kernel_stamp(ancillary, stamp, res.sent_ns)
             if not data:
                 raise _Closed("connection closed by peer")
             res.reads += 1
@@ -563,6 +599,19 @@ class Connection:
         res.ok = res.finish_reason is not None
         if not res.ok:
             res.fail("bad_event", "response has no finish_reason")
+
+
+def _kernel_stamp(ancillary: list[tuple[int, int, bytes]], user_stamp: int, sent_ns: int) -> int:
+    """The read's arrival time on the perf_counter clock, from the kernel's receive timestamp.
+
+    The kernel stamps with the real-time clock; its offset from perf_counter is taken right now, so
+    no drift accumulates. Never later than the user-space stamp, never before the send."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack_from("qq", data)
+            offset = time.time_ns() - time.perf_counter_ns()
+            return max(sent_ns, min(user_stamp, sec * 1_000_000_000 + nsec - offset))
+    return user_stamp
 
 
 def _take_usage(res: ChatResult, usage: dict[str, Any]) -> None:
