@@ -237,3 +237,24 @@ def test_record_has_contract_keys_and_tpot() -> None:
     assert obj["tpot_ms"] >= 9
     assert len(obj["event_offsets_us"]) == 5 and obj["event_offsets_us"] == sorted(obj["event_offsets_us"])
     assert obj["dispatch_delay_ms"] == 0 and obj["e2e_ms"] >= obj["ttft_ms"] >= obj["ttfb_ms"]
+
+
+def test_kernel_stamp_maps_arrival_onto_the_monotonic_clock() -> None:
+    import socket as s
+    import struct
+    import sys
+    import time
+
+    from harness.client import chat as chat_mod
+
+    now_unix, now_perf = time.time_ns(), time.perf_counter_ns()
+    arrived = now_unix - 5_000_000  # the bytes arrived 5 ms before the loop got round to them
+    anc = [(s.SOL_SOCKET, chat_mod._SCM_TIMESTAMPNS, struct.pack("qq", arrived // 10**9, arrived % 10**9))]
+    stamp = chat_mod._kernel_stamp(anc, now_perf, now_perf - 50_000_000)
+    assert abs((now_perf - stamp) / 1e6 - 5.0) < 0.5
+    assert chat_mod._kernel_stamp([], now_perf, 0) == now_perf, "no stamp: the user-space one"
+    assert chat_mod._kernel_stamp(anc, now_perf, now_perf) == now_perf, "never before the send"
+    if sys.platform.startswith("linux"):
+        with scripted_server([Script(foundry_stream(TOKENS))]) as (url, _):
+            conn = Connection(url)
+            assert conn.chat(BODY).ok and conn._kernel_stamps
