@@ -15,6 +15,19 @@ import orjson
 from harness.servers.ready import ChildHost, start_child_host
 
 REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+#: Debian's chromium, driven by Playwright (the browser Playwright would download is never used).
+CHROMIUM = Path("/usr/bin/chromium")
+#: Headless, and nothing that would reach beyond this machine.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def harness(

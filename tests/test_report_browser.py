@@ -10,23 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from harness_helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from recordgen import record, write_run
 
 from harness.report import build
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 #: Figures the report draws: 2 CDFs, 2 latency-against-throughput, tokens and errors over time, events per read.
 FIGURES = 7
 

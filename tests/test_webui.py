@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from harness_helpers import REPO, last_line, records, sim_host
+from harness_helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, REPO, last_line, records, sim_host
 
 from harness.errors import InputError
 from harness.webui_choices import format_max_tokens, models_by_host, parse_max_tokens
@@ -32,17 +32,6 @@ from harness.webui_figures import (
 )
 from harness.webui_report import snapshot
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 T0 = 1_800_000_000.0
 
 
