@@ -26,6 +26,7 @@ COMMANDS = {
     "report": "harness.commands.report",
     "compare": "harness.commands.compare",
     "hosts": "harness.commands.hosts",
+    "bench": "harness.commands.bench",
 }
 
 
