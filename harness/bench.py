@@ -959,9 +959,9 @@ def _bench_host(
                     log_path=log_path,
                 )
             except HarnessError as exc:
-                host.error = str(exc)
+                host.error = f"{exc}{_last_log_line(log_path)}"
                 for name in host.asked:
-                    done(_host_failed(host, name, "failed", str(exc)))
+                    done(_host_failed(host, name, "failed", host.error))
                 return
             host.url, host.pid = child.base_url, child.pid
             host.startup_s = child.ready.get("startup_s")
@@ -993,6 +993,15 @@ def _bench_host(
             sampler.stop()
         if child is not None:
             child.stop()
+
+
+def _last_log_line(path: Path) -> str:
+    """`: <the log's last line>`, so a reason says why a host did not start, not only where to look."""
+    try:
+        lines = [x.strip() for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return f": {lines[-1][:300]}" if lines else ""
 
 
 def _asked_map(host: _Host, entries: Sequence[Entry]) -> dict[str, str | None]:

@@ -21,6 +21,7 @@ from harness_helpers import REPO, harness, last_line, records, sim_host
 
 from harness.bench import (
     DEFAULT_BENCH_PROMPTS,
+    _find_model_folder,
     alias_of,
     energy_per_1k_tokens,
     load_models_file,
@@ -154,6 +155,17 @@ def test_score_summary_label() -> None:
     assert ScoreSummary().label() == "—"
     assert ScoreSummary([4.0, 5.0], unparsed=1).label() == "4.50 (n=2, 1 unparsed)"
     assert ScoreSummary([4.0, 5.0]).sd == pytest.approx(math.sqrt(0.5))
+
+
+def test_disk_footprint_finds_the_model_folder_in_a_foundry_cache(tmp_path: Path) -> None:
+    variant = tmp_path / "Microsoft" / "qwen2.5-0.5b-instruct-generic-cpu-4" / "v4"
+    variant.mkdir(parents=True)
+    (variant / "genai_config.json").write_text("{}")
+    (tmp_path / "Microsoft" / "phi-4-mini-instruct-generic-cpu").mkdir()  # no model inside: not it
+    found = _find_model_folder(tmp_path, "qwen2.5-0.5b-instruct-generic-cpu:4")
+    assert found == variant.parent
+    assert _find_model_folder(tmp_path, "phi-4-mini-instruct-generic-cpu:1") is None
+    assert _find_model_folder(tmp_path / "missing", "x:1") is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,6 +559,35 @@ def test_a_model_that_does_not_answer_fails_and_the_others_go_on(
     bad = rows[(broken.base_url, "broken")]
     assert bad["status"] == "failed" and "does not answer" in bad["reason"] and "http_5xx" in bad["reason"]
     assert rows[(two_speed_sim.base_url, FAST)]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_model_folder_that_cannot_be_served_fails_and_the_others_go_on(
+    two_speed_sim: ChildHost, tmp_path: Path
+) -> None:
+    not_a_model = tmp_path / "empty-model"
+    not_a_model.mkdir()
+    proc = harness(
+        "bench",
+        "--host",
+        two_speed_sim.base_url,
+        "--model",
+        FAST,
+        "--model-dir",
+        str(not_a_model),
+        "--rounds",
+        "1",
+        "--max-tokens",
+        "4",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["asked"]: r for r in bench_json(Path(last_line(proc.stdout)))["rows"]}
+    assert rows[FAST]["status"] == "ok"
+    bad = rows["empty-model-generic-cpu:1"]
+    assert bad["status"] == "failed" and "embedded foundry host" in bad["reason"]
+    assert "not an ONNX Runtime GenAI model folder" in bad["reason"]
 
 
 @pytest.mark.slow
