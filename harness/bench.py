@@ -841,18 +841,12 @@ def _versions() -> dict[str, str | None]:
 
 def run_bench(cfg: BenchConfig, *, log: Callable[[str], None] | None = None) -> BenchOutcome:
     """Bench every model on every host into one run folder; see the module docstring."""
-    from harness.plan import new_run_id
+    from harness.plan import make_run_dir, new_run_id
 
     say = log or _stderr
     cfg.validate()
     run_id = cfg.run_id or new_run_id("bench")
-    run_dir = (cfg.out / run_id).resolve()
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise InputError(f"--run-id {run_id}: run folder {run_dir} already exists; choose another id")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out {cfg.out}: cannot create run folder ({exc.strerror})") from None
+    run_dir = make_run_dir(cfg.out, run_id)
     started = time.time()
     problems: list[str] = []
     hosts, unserved_entries = _plan_hosts(cfg, problems)
@@ -944,7 +938,7 @@ def _bench_host(
 
     Memory of a host on this machine is sampled while its models run; an embedded host serves one
     model folder, so what is sampled is that model's alone."""
-    from harness.runner import _HostSampler
+    from harness.runner import HostSampler
     from harness.servers.foundry import start_foundry_host
 
     child = None
@@ -983,7 +977,7 @@ def _bench_host(
                 done(_host_failed(host, "(any)", "skipped", why))
                 return
         if host.pid is not None:
-            sampler = _HostSampler(metrics_path, {host.url: host.pid}, interval_s=RSS_SAMPLE_INTERVAL_S)
+            sampler = HostSampler(metrics_path, {host.url: host.pid}, interval_s=RSS_SAMPLE_INTERVAL_S)
             sampler.start()
         for name in names:
             say(f"benching {name} on {host.label}")

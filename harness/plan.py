@@ -21,12 +21,33 @@ from harness.errors import HostError, InputError
 from harness.hosts import HostInfo, normalize_base_url, probe_host, resolve_models
 from harness.scenario import Scenario
 
-__all__ = ["Plan", "Target", "build_targets", "host_label", "new_run_id", "prompt_dicts", "read_api_key"]
+__all__ = [
+    "Plan",
+    "Target",
+    "build_targets",
+    "host_label",
+    "make_run_dir",
+    "new_run_id",
+    "prompt_dicts",
+    "read_api_key",
+]
 
 
 def new_run_id(name: str) -> str:
     """`20261125-153604-quickstart-3f9a`: sortable by start time, unique across machines."""
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{name}-{secrets.token_hex(2)}"
+
+
+def make_run_dir(out: Path, run_id: str) -> Path:
+    """Create `out/run_id` (absolute); an existing non-empty folder or an unwritable `out` is bad input."""
+    run_dir = (out / run_id).resolve()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise InputError(f"--run-id {run_id}: run folder {run_dir} already exists; choose another id")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot create run folder ({exc.strerror})") from None
+    return run_dir
 
 
 def prompt_dicts(scenario: Scenario, base_dir: Path | None = None) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ import orjson
 from harness import __version__
 from harness.errors import HarnessError, HostError, InputError
 from harness.loadplan import Stage, stages_for, total_duration
-from harness.plan import Plan, Target, build_targets, new_run_id, prompt_dicts
+from harness.plan import Plan, Target, build_targets, make_run_dir, new_run_id, prompt_dicts
 from harness.records import Spool, read_records
 from harness.recover import recover_run, spool_files
 from harness.scenario import HostSpec, Scenario
@@ -36,7 +36,7 @@ from harness.servers.ready import ChildHost, start_child_host
 from harness.warmup import run_warmup
 from harness.webauth import PASSWORD_ENV, USER_ENV
 
-__all__ = ["DEFAULT_EMBEDDED", "RunOptions", "RunOutcome", "execute_run", "options_to_flags"]
+__all__ = ["DEFAULT_EMBEDDED", "HostSampler", "RunOptions", "RunOutcome", "execute_run", "options_to_flags"]
 
 #: What `harness run` starts when the scenario names no host.
 DEFAULT_EMBEDDED = "foundry"
@@ -97,7 +97,7 @@ def options_to_flags(options: dict[str, Any]) -> list[str]:
     return flags
 
 
-class _HostSampler:
+class HostSampler:
     """Samples resident memory and CPU of local host processes (by pid) into host_metrics.jsonl."""
 
     def __init__(self, path: Path, pids: dict[str, int], interval_s: float = 0.5) -> None:
@@ -310,18 +310,12 @@ def execute_run(opts: RunOptions) -> RunOutcome:
     prompts = prompt_dicts(sc, opts.scenario_path.parent if opts.scenario_path else None)
     stages = stages_for(sc.load)
     run_id = opts.run_id or new_run_id(sc.name)
-    run_dir = (opts.out / run_id).resolve()
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise InputError(f"--run-id {run_id}: run folder {run_dir} already exists; choose another id")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out {opts.out}: cannot create run folder ({exc.strerror})") from None
+    run_dir = make_run_dir(opts.out, run_id)
     started = time.time()
     children: list[ChildHost] = []
     problems: list[str] = []
     targets: list[Target] = []
-    sampler: _HostSampler | None = None
+    sampler: HostSampler | None = None
     manifest_path = run_dir / "manifest.json"
     exit_code = 0
     report_wanted = opts.report
@@ -351,7 +345,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         plan_path = run_dir / "plan.json"
         plan_path.write_bytes(plan.to_json())
         _write_json(manifest_path, _manifest(opts, run_id, started, targets, {"state": "running"}))
-        sampler = _HostSampler(run_dir / "host_metrics.jsonl", {t.url: t.pid for t in targets if t.pid})
+        sampler = HostSampler(run_dir / "host_metrics.jsonl", {t.url: t.pid for t in targets if t.pid})
         sampler.start()
 
         stage = "warm-up"

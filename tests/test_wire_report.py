@@ -88,3 +88,12 @@ def test_report_names_nagle_for_reuse_runs_against_foundry(tmp_path: Path) -> No
     assert "nagle" in found["reuse"], summary["diagnostics"]
     assert "nagle" not in found["new"] and "nagle" not in found["reuse-quickack"], found
     assert "Nagle" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_run_can_ask_for_no_trimming(tmp_path: Path) -> None:
+    recs = [record(t_s=i * 0.5, seq=i) for i in range(40)]  # a 20 s stage: 2 s trimmed at each end by default
+    run = write_run(tmp_path / "r", recs)
+    assert build([run], run, formats=["json"]).summary["counts"]["trimmed"] > 0
+    manifest = orjson.loads((run / "manifest.json").read_bytes()) | {"report": {"trim_s": 0}}
+    (run / "manifest.json").write_bytes(orjson.dumps(manifest))
+    assert build([run], run, formats=["json"]).summary["counts"]["trimmed"] == 0

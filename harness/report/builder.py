@@ -109,6 +109,11 @@ def build(
     if trim_s is not None and not trim_s >= 0:
         raise InputError(f"--trim-s: {trim_s} is not a number of seconds ≥ 0")
     ds = load_runs([Path(d) for d in run_dirs])
+    if trim_s is None:
+        # A run may say how it wants trimming (`harness bench` measures every request: trim 0).
+        asked = {(run.manifest.get("report") or {}).get("trim_s") for run in ds.runs}
+        if len(asked) == 1 and (only := asked.pop()) is not None:
+            trim_s = float(only)
     selection = select(ds, trim_s)
     summarizer = Summarizer(ds)
     groups, overall = summarizer.groups_and_overall(keys)
