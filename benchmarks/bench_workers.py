@@ -130,13 +130,12 @@ def main() -> int:
         lag = statistics.median(r["loop_lag_p99_ms"] for r in rs)
         simc = statistics.median(r["sim_cpu"] for r in rs)
         per_core.append(ev / max(cpu / 100, 1e-9))
-        limit = (
-            "offered load"
-            if ev > 0.9 * offered
-            else "CPU: host and workers share the machine's cores"
-            if cpu + simc > 150 * psutil.cpu_count() / 2
-            else "client"
-        )
+        if ev > 0.9 * offered:
+            limit = "offered load"
+        elif lag > 5 and cpu / n < 80:
+            limit = "the machine: workers wait for a CPU (host, master and workers share its cores)"
+        else:
+            limit = "client CPU"
         print(f"{n:>7} {ev:>10,.0f} {ev / base:>10.2f} {cpu:>19.0f} {lag:>12.1f}  {simc:>9.0f}  {limit}")
     best = max(per_core)
     print(f"\nevents per client CPU-second (best line): {best:,.0f}")
