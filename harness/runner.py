@@ -29,8 +29,8 @@ from harness import __version__
 from harness.errors import HarnessError, HostError, InputError
 from harness.loadplan import Stage, stages_for, total_duration
 from harness.plan import Plan, Target, build_targets, make_run_dir, new_run_id, prompt_dicts
-from harness.records import Spool, read_records
-from harness.recover import recover_run, spool_files
+from harness.records import Spool
+from harness.recover import recover_run, scan_records, spool_files
 from harness.scenario import HostSpec, Scenario
 from harness.servers.ready import ChildHost, start_child_host
 from harness.warmup import run_warmup
@@ -410,20 +410,19 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         problems.append(
             f"{recovery.added} record(s) recovered from worker spools that the master never received"
         )
-    records_path = run_dir / "records.jsonl"
-    records, broken = read_records(records_path) if records_path.exists() else ([], 0)
-    measured = sum(1 for r in records if not r.get("warmup"))
+    scan = scan_records(run_dir / "records.jsonl")
+    measured = scan.measured
     counted = _locust_e2e_count(run_dir)
-    workers = _worker_counts(run_dir, records)
-    if broken:
-        problems.append(f"{broken} broken line(s) in records.jsonl were skipped")
+    workers = [{"worker": w, "records": n} for w, n in sorted(scan.workers.items())]
+    if scan.broken:
+        problems.append(f"{scan.broken} broken line(s) in records.jsonl were skipped")
     if counted is None and exit_code == 0:
         problems.append("Locust's final counts are missing: the record count could not be checked")
         exit_code = 3
     elif counted is not None and counted > measured:
         problems.append(f"records missing: Locust counted {counted} requests, records.jsonl holds {measured}")
         exit_code = max(exit_code, 3)
-    for host, since_ns, n_failed in _hosts_down(records):
+    for host, since_ns, n_failed in _hosts_down(scan.by_host):
         when = _utc(since_ns / 1e9)
         problems.append(
             f"host {host} went down at {when}: its last {n_failed} requests failed to connect or were cut"
@@ -442,7 +441,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
             "ended_utc": _utc(ended),
             "duration_s": round(ended - started, 3),
             "workers": workers,
-            "records": {"measured": measured, "warmup": len(records) - measured, "locust_counted": counted},
+            "records": {"measured": measured, "warmup": scan.warmup, "locust_counted": counted},
             "problems": problems,
             "exit_code": exit_code,
         },
@@ -470,32 +469,22 @@ def _check_warmup(plan: Plan, failed: list[Any], per_model: int) -> None:
 _DOWN = ("connect", "stream_cut", "timeout")
 
 
-def _hosts_down(records: list[dict[str, Any]], min_failures: int = 3) -> list[tuple[str, int, int]]:
+def _hosts_down(
+    by_host: dict[str, list[tuple[int, str | None]]], min_failures: int = 3
+) -> list[tuple[str, int, int]]:
     """Hosts whose requests all failed from some point to the end: (host, since_unix_ns, failures).
 
     "Down" means every request from that moment on could not connect, timed out or was cut;
     HTTP errors mean the host answered, so they never mark it down."""
-    by_host: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        if not r.get("warmup"):
-            by_host.setdefault(r["host"], []).append(r)
     out = []
-    for host, recs in by_host.items():
-        recs.sort(key=lambda r: r["sent_unix_ns"])
+    for host, sent_errors in by_host.items():
+        recs = sorted(sent_errors)
         tail = 0
-        while tail < len(recs) and recs[-1 - tail].get("error") in _DOWN:
+        while tail < len(recs) and recs[-1 - tail][1] in _DOWN:
             tail += 1
         if tail >= min_failures and tail < len(recs):
-            out.append((host, int(recs[-tail]["sent_unix_ns"]), tail))
+            out.append((host, recs[-tail][0], tail))
     return out
-
-
-def _worker_counts(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    counts: dict[str, int] = {}
-    for r in records:
-        if not r.get("warmup"):
-            counts[r["worker"]] = counts.get(r["worker"], 0) + 1
-    return [{"worker": w, "records": n} for w, n in sorted(counts.items())]
 
 
 def _report(run_dir: Path, enabled: bool, problems: list[str]) -> str:
