@@ -423,7 +423,8 @@ def test_command_line_choices_reach_local_worker_processes(tmp_path: Path) -> No
             [sys.executable, "-m", "locust", "-f", str(REPO / "locustfiles" / "chat.py"), "--headless"]
             + ["--host", sim.base_url, "-u", "2", "-r", "2", "-t", "3s", "--processes", "2"]
             + ["--llm-models", "phi-4-mini", "--llm-max-tokens", "5", "--run-dir", str(tmp_path / "r")]
-            + ["--loglevel", "WARNING", "--only-summary"],
+            # a stream still running at -t's end is recorded `stopped` (a failure to Locust's exit code)
+            + ["--loglevel", "WARNING", "--only-summary", "--exit-code-on-error", "0"],
             cwd=tmp_path,
             capture_output=True,
             text=True,
