@@ -531,13 +531,17 @@ def parse_capacity_replay(host: ChildHost, seconds: float) -> dict[str, float]:
     real = real_create(addr)
     try:
         socket.create_connection = lambda *a, **k: _RecordingSocket(real_create(*a, **k), reads)  # type: ignore[assignment]
-        conn = Connection(host.base_url, policy="reuse-quickack")
+        conn = Connection(
+            host.base_url, policy="reuse-quickack", kernel_stamps=False
+        )  # replayed reads carry no kernel stamp
         res = conn.chat(body)
         conn.close()
         if not res.ok or res.content_events != TOKENS:
             raise SystemExit(f"bench_client: recording a stream failed: {res.error} {res.error_detail}")
         socket.create_connection = lambda *a, **k: _ReplaySocket(reads, real)  # type: ignore[assignment]
-        conn = Connection(host.base_url, policy="reuse-quickack")
+        conn = Connection(
+            host.base_url, policy="reuse-quickack", kernel_stamps=False
+        )  # replayed reads carry no kernel stamp
         n = 0
         cpu0, t0 = time.process_time(), time.perf_counter()
         while time.perf_counter() - t0 < seconds:
