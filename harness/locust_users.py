@@ -110,6 +110,9 @@ class _Harness:
         self.worker = worker_id()
         self.seq = 0
         self.inflight = 0
+        self.kernel_stamps: bool | None = None
+        """Whether this process's reads carry kernel receive stamps (then a late event loop does not
+        shift token times); None until a connection has been opened."""
         self.inflight_by: Counter[tuple[str, str]] = Counter()
         """Requests in flight per (host URL, model), for the web UI's live figures."""
         self.user_index = 0
@@ -204,6 +207,7 @@ class _Harness:
                     "loop_lag_ms_max": round(lags[-1], 3),
                     "users": self.env.runner.user_count if self.env.runner else 0,
                     "inflight": self.inflight,
+                    "kernel_stamps": self.kernel_stamps,
                 }
                 lags = []
                 self.client_metrics.append(sample)
@@ -430,6 +434,8 @@ class ChatUser(User):
                 st.inflight -= 1
                 st.inflight_by[(self.target.url, model)] -= 1
             self.connect_failures = self.connect_failures + 1 if res.error == "connect" else 0
+            if st.kernel_stamps is None and res.reads:
+                st.kernel_stamps = self.conn.kernel_stamps
             prev_seq = self._record(
                 res, stage, model, prompt["id"], max_tokens, users, sched_unix_ns, attempt, prev_seq
             )

@@ -13,7 +13,9 @@ from recordgen import T0_NS, record, write_run
 from harness.report import build
 
 
-def metrics_line(worker: str, t_s: float, cpu: float, lag: float, stage: str = "s1") -> bytes:
+def metrics_line(
+    worker: str, t_s: float, cpu: float, lag: float, stage: str = "s1", kernel: bool | None = False
+) -> bytes:
     sample = {
         "worker": worker,
         "t_unix_ns": T0_NS + int(t_s * 1e9),
@@ -24,6 +26,7 @@ def metrics_line(worker: str, t_s: float, cpu: float, lag: float, stage: str = "
         "loop_lag_ms_max": lag,
         "users": 4,
         "inflight": 2,
+        "kernel_stamps": kernel,
     }
     return orjson.dumps(sample) + b"\n"
 
@@ -97,3 +100,14 @@ def test_a_run_can_ask_for_no_trimming(tmp_path: Path) -> None:
     manifest = orjson.loads((run / "manifest.json").read_bytes()) | {"report": {"trim_s": 0}}
     (run / "manifest.json").write_bytes(orjson.dumps(manifest))
     assert build([run], run, formats=["json"]).summary["counts"]["trimmed"] == 0
+
+
+def test_a_late_loop_is_no_verdict_when_reads_carry_kernel_stamps(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "r", [record(t_s=i * 0.5, seq=i) for i in range(20)])
+    lines = [metrics_line("a:1", 0, 5.0, 0.2, kernel=None)]  # before the first connection
+    lines += [metrics_line("a:1", t, 20.0, 40.0, kernel=True) for t in range(1, 10)]
+    (run / "client_metrics.jsonl").write_bytes(b"".join(lines))
+    report = build([run], run, formats=["json"])
+    (health,) = report.summary["client_health"]
+    assert health["verdict"].startswith("ok (event loop late") and not health["client_limited"]
+    assert not [w for w in report.warnings if "stage s1" in w]

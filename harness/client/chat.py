@@ -206,6 +206,11 @@ class Connection:
         self._requests_on_sock = 0
         self._leftover = b""
 
+    @property
+    def kernel_stamps(self) -> bool:
+        """Whether the current socket's reads are stamped by the kernel (see the module docstring)."""
+        return self._kernel_stamps
+
     # --- connection management -------------------------------------------------------------
     def close(self) -> None:
         if self._sock is not None:
