@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness import __version__
 from harness.client import ChatResult, Connection, Timeouts, chat_body
 from harness.errors import HarnessError, InputError
-from harness.hosts import HostInfo, normalize_base_url, probe_host, resolve_model
+from harness.hosts import HostInfo, normalize_base_url, probe_host, resolve_model, root_url
 from harness.quality import (
     ScoreSummary,
     ScoringRow,
@@ -394,18 +394,13 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def _root(url: str) -> str:
-    p = urlsplit(url)
-    return f"{p.scheme}://{p.netloc}"
-
-
 def _local_status(url: str) -> tuple[int | None, Path | None]:
     """(pid, modelCachePath) of a host on this machine, from its `/status` (Foundry Local's current
     service and the simulated host answer it). The pid counts only if that process listens on the
     URL's port: a pid from another machine or namespace must never be sampled."""
     if not _is_loopback(url):
         return None, None
-    conn = Connection(_root(url), timeouts=Timeouts(5.0, 5.0, 5.0, 10.0))
+    conn = Connection(root_url(url), timeouts=Timeouts(5.0, 5.0, 5.0, 10.0))
     try:
         status, _, body = conn.get("/status")
         obj = orjson.loads(body) if status == 200 and body else None

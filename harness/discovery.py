@@ -13,7 +13,7 @@ import subprocess
 from urllib.parse import quote, urlsplit
 
 from harness.client import Connection, Timeouts
-from harness.hosts import HostInfo, normalize_base_url
+from harness.hosts import HostInfo, normalize_base_url, root_url
 
 __all__ = ["alias_candidates", "discover_foundry_endpoints", "load_model", "loaded_models"]
 
@@ -41,11 +41,6 @@ def discover_foundry_endpoints() -> list[str]:
     return found
 
 
-def _root(url: str) -> str:
-    p = urlsplit(url)
-    return f"{p.scheme}://{p.netloc}"
-
-
 def loaded_models(info: HostInfo, *, timeout_s: float = 10.0) -> list[str] | None:
     """Models a Foundry host has loaded (None when the host cannot say)."""
     path = {"foundry": "/models/loaded", "foundry-legacy": "/openai/loadedmodels"}.get(info.flavour)
@@ -55,7 +50,7 @@ def loaded_models(info: HostInfo, *, timeout_s: float = 10.0) -> list[str] | Non
     path = _catalog_prefix(info.url) + path
     import orjson
 
-    conn = Connection(_root(info.url), timeouts=Timeouts(timeout_s, timeout_s, timeout_s, timeout_s))
+    conn = Connection(root_url(info.url), timeouts=Timeouts(timeout_s, timeout_s, timeout_s, timeout_s))
     try:
         status, _, body = conn.get(path)
     except OSError:
@@ -112,7 +107,7 @@ def load_model(info: HostInfo, asked: str, resolved: str, *, timeout_s: float = 
         return False, f"a {info.flavour} host has no load endpoint"
     detail = ""
     for path in paths:
-        conn = Connection(_root(info.url), timeouts=Timeouts(10.0, timeout_s, timeout_s, timeout_s))
+        conn = Connection(root_url(info.url), timeouts=Timeouts(10.0, timeout_s, timeout_s, timeout_s))
         try:
             status, _, body = conn.get(path)
         except OSError as exc:

@@ -18,7 +18,7 @@ import orjson
 from harness.client import Connection, Timeouts
 from harness.errors import HostError
 
-__all__ = ["HostInfo", "normalize_base_url", "probe_host", "resolve_model", "resolve_models"]
+__all__ = ["HostInfo", "normalize_base_url", "probe_host", "resolve_model", "resolve_models", "root_url"]
 
 _DEVICE_RANK = (("npu", 0), ("gpu", 1), ("cuda", 1), ("webgpu", 1), ("dml", 1), ("trt", 1), ("cpu", 2))
 
@@ -44,7 +44,8 @@ def normalize_base_url(url: str) -> str:
     return url
 
 
-def _root(url: str) -> str:
+def root_url(url: str) -> str:
+    """`scheme://host:port` of a base URL: where a host's non-OpenAI endpoints (status, loading) live."""
     p = urlsplit(url)
     return f"{p.scheme}://{p.netloc}"
 
@@ -86,7 +87,7 @@ def probe_host(url: str, *, timeout_s: float = 5.0, api_key: str | None = None) 
 
 
 def _flavour(url: str, t: Timeouts, api_key: str | None) -> tuple[str, dict[str, Any] | None]:
-    root = Connection(_root(url), policy="reuse", timeouts=t, api_key=api_key)
+    root = Connection(root_url(url), policy="reuse", timeouts=t, api_key=api_key)
     try:
         for path, kind in (
             ("/sim/stats", "sim"),
