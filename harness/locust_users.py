@@ -134,14 +134,18 @@ class _Harness:
         t = self.scenario.timeouts
         self.timeouts = Timeouts(t.connect_s, t.first_token_s, t.idle_s, t.total_s)
         self.keys = {i: read_api_key(tg.api_key_env, tg.api_key_file) for i, tg in enumerate(plan.targets)}
+        self.worker_index = self._worker_slot(environment)[0]
         self.arrivals = self._arrivals(environment)
         self._greenlets = [gevent.spawn(self._flush_loop), gevent.spawn(self._monitor_loop)]
 
-    def _arrivals(self, environment: Environment) -> Arrivals:
+    def _worker_slot(self, environment: Environment) -> tuple[int, int]:
+        """(index, count) of this process among the run's workers; (0, 1) when it runs alone."""
         workers = [w for w in _option(environment, "harness_workers").split(",") if w]
-        runner = environment.runner
-        me = getattr(runner, "client_id", "") if self.is_worker else ""
-        index, count = (workers.index(me), len(workers)) if me in workers else (0, 1)
+        me = getattr(environment.runner, "client_id", "") if self.is_worker else ""
+        return (workers.index(me), len(workers)) if me in workers else (0, 1)
+
+    def _arrivals(self, environment: Environment) -> Arrivals:
+        index, count = self._worker_slot(environment)
         return Arrivals(
             self.stages, index=index, count=count, seed=f"{self.scenario.seed}:{self.plan.run_id}"
         )
@@ -358,7 +362,8 @@ class ChatUser(User):
         )
         # Seeded per user: same scenario seed, same request sequence; users differ so they never
         # move in lock-step (fixed lengths and no think time make the client's own skew worse).
-        self.rng = random.Random(f"{sc.seed}:{st.worker}:{st.user_index}")
+        # The worker's place in the run, not its pid: a pid differs from run to run.
+        self.rng = random.Random(f"{sc.seed}:{st.worker_index}:{st.user_index}")
         self.prompts = st.plan.prompts
         self.connect_failures = 0
         # Locust starts a batch of users at once each second; without a random first wait they
