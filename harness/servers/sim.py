@@ -20,7 +20,7 @@ sent, and `/sim/stats` counts them). Faults are drawn only for valid chat reques
 `refuse`, drawn once per accepted connection. At most one of 500, 429, 404, empty-body applies
 (first drawn in that order); the others combine:
   500           JSON error, type `server_error`
-  429           JSON error and `Retry-After: --retry-after-s`
+  429           JSON error and `Retry-After: --retry-after-s` (no such header with `--no-retry-after`)
   404           JSON "model not found", as for an unknown model
   empty-body    200, `Content-Length: 0`
   refuse        the connection is reset (SO_LINGER 0) before anything is read
@@ -156,6 +156,8 @@ class SimConfig:
     stall_s: float = 30.0
     stall_then: str = "continue"
     slow_headers_ms: float = 2000.0
+    #: send Retry-After with a 429 (off: the client must fall back to its own back-off)
+    retry_after_header: bool = True
     down_after_s: float | None = None
     down_for_s: float = 5.0
 
@@ -836,7 +838,8 @@ class _Reply:
         if kind == "500":
             conn.respond(500, _error_body("simulated server error", "server_error"), extra=extra)
         elif kind == "429":
-            extra += b"Retry-After: %d\r\n" % round(self.sim.config.retry_after_s)
+            if self.sim.config.retry_after_header:
+                extra += b"Retry-After: %d\r\n" % round(self.sim.config.retry_after_s)
             conn.respond(429, _error_body("simulated rate limit", "rate_limit_error"), extra=extra)
         elif kind == "404":
             conn.respond(404, _error_body(f"Model not found: {self.model}"), extra=extra)
@@ -1154,6 +1157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--retry-after-s", type=float, default=d.retry_after_s, help="Retry-After of a 429 (default 1)"
     )
+    g.add_argument("--no-retry-after", action="store_true", help="answer a 429 without a Retry-After header")
     g.add_argument("--stall-s", type=float, default=d.stall_s, help="length of a stall (default 30)")
     g.add_argument(
         "--stall-then",
@@ -1211,6 +1215,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         stall_s=args.stall_s,
         stall_then=args.stall_then,
         slow_headers_ms=args.slow_headers_ms,
+        retry_after_header=not args.no_retry_after,
         down_after_s=args.down_after_s,
         down_for_s=args.down_for_s,
         **faults,
