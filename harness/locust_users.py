@@ -35,7 +35,8 @@ import psutil
 from gevent import GreenletExit
 from locust import User, events, task
 from locust.env import Environment
-from locust.runners import MasterRunner, WorkerRunner
+from locust.rpc import Message
+from locust.runners import STATE_INIT, STATE_MISSING, STATE_STOPPED, MasterRunner, WorkerRunner
 
 from harness import weblogin  # noqa: F401  (registers the web UI login)
 from harness.client import ChatResult, Connection, Timeouts, chat_body
@@ -76,6 +77,8 @@ _state: _Harness | None = None
 _master_records: Spool | None = None
 _master_client: Spool | None = None
 _master_counts: dict[str, int] = {}
+#: Workers whose last report came after their users had stopped: it carried their last records.
+_master_final: set[str] = set()
 
 
 def _option(environment: Environment, name: str) -> str:
@@ -250,6 +253,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
 
         @environment.events.report_to_master.add_listener
         def _report(client_id: str, data: dict[str, Any]) -> None:
+            # Once this worker's users have stopped, this report carries its last records.
+            data["harness_final"] = runner.state in (STATE_INIT, STATE_STOPPED)
             if _state is not None:
                 if _state.unsent:
                     data["harness_records"], _state.unsent = _state.unsent, []
@@ -270,8 +275,14 @@ def _on_init(environment: Environment, **_: Any) -> None:
         _master_records = Spool(Path(plan.run_dir) / "records.jsonl")
         _master_client = Spool(Path(plan.run_dir) / "client_metrics.jsonl")
 
+        runner.quit = lambda: _master_quit(environment, runner)  # type: ignore[method-assign]
+
         @environment.events.worker_report.add_listener
         def _collect(client_id: str, data: dict[str, Any]) -> None:
+            if data.get("harness_final"):
+                _master_final.add(client_id)
+            else:
+                _master_final.discard(client_id)
             lines = data.get("harness_records")
             if lines and _master_records is not None:
                 for line in lines:
@@ -282,6 +293,30 @@ def _on_init(environment: Environment, **_: Any) -> None:
             for line in data.get("harness_client") or []:
                 if _master_client is not None:
                     _master_client.append(orjson.loads(line))
+
+
+def _master_quit(environment: Environment, runner: MasterRunner) -> None:
+    """Locust's `MasterRunner.quit` (2.47), but waiting for each worker's last report instead of 0.5 s.
+
+    A worker told to quit first stops its users, which may take up to `--stop-timeout` while their
+    streams finish, and only then sends its last report, carrying the records of those streams.
+    Locust's master stops listening 0.5 s after `quit`, so those records (and Locust's own count of
+    them) never reached it: on another machine they were lost without a word."""
+    runner.stop(send_stop_to_client=False)
+    for client in runner.clients.all:
+        runner.server.send_to_client(Message("quit", None, client.id))
+    deadline = time.monotonic() + float(environment.stop_timeout or 0) + 10.0
+    while True:
+        # A worker leaves `clients` when it says it quits, after its last report (one socket, in
+        # order); a dead one goes missing after a few heartbeats.
+        waiting = [c.id for c in runner.clients.all if c.state != STATE_MISSING and c.id not in _master_final]
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            log.warning("no last report from worker(s) %s: their last records may be missing", waiting)
+            break
+        gevent.sleep(0.05)
+    runner.greenlet.kill(block=True)
 
 
 @events.test_start.add_listener
