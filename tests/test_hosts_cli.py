@@ -175,6 +175,32 @@ def test_unreachable_host_is_one_line_naming_it_exit_2_no_traceback() -> None:
     assert url in line and "not reachable" in line
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("notaurl", "expected a URL like http://127.0.0.1:5273/v1"),
+        ("ftp://127.0.0.1/v1", "expected a URL like http://127.0.0.1:5273/v1"),
+    ],
+)
+def test_not_a_url_is_one_line_naming_it_exit_2(url: str, expected: str) -> None:
+    proc = harness("hosts", url, "--timeout", "2", timeout=30)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stdout + proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if "unusable" in line]
+    assert url in line and expected in line
+
+
+def test_a_host_that_is_not_openai_compatible_is_named_so() -> None:
+    # The sim answers, but not at this path: a wrong base URL, as users type it.
+    with sim_host() as sim:
+        url = sim.base_url.rsplit("/v1", 1)[0] + "/api"
+        proc = harness("hosts", url, "--timeout", "2", timeout=30)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stdout + proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if "unusable" in line]
+    assert url in line and "expected an OpenAI-compatible API" in line
+
+
 def test_one_good_and_one_unreachable_host_reports_both() -> None:
     url = f"http://127.0.0.1:{closed_port()}/v1"
     with sim_host("--ttft-ms", "5") as sim:
