@@ -86,10 +86,10 @@ def test_hosts_against_the_sim_names_flavour_models_and_a_one_token_chat() -> No
     (chat,) = [m for line in lines if (m := CHAT_LINE.match(line))]
     # With no --model, the chat goes to the host's first model.
     assert chat["model"] == "m-one"
-    # The sim answers the first token 30 ms after the request: the printed figure is milliseconds,
-    # stamped when the token arrived (a late stamp or a unit slip lands outside).
-    assert 29.5 <= float(chat["ttft"]) < 60
-    assert float(chat["ttft"]) <= float(chat["total"]) < 60
+    # The sim answers the first token 30 ms after the request, never sooner: the printed figure is
+    # in milliseconds (a µs/s slip lands 1000x off). One sample on a loaded machine: 70 ms of slack.
+    assert 29.5 <= float(chat["ttft"]) < 100
+    assert float(chat["ttft"]) <= float(chat["total"]) < 100
     # One chat of one token, as the host counted it.
     assert after["chat_requests"] - before["chat_requests"] == 1
     assert after["tokens"] - before["tokens"] == 1
@@ -118,15 +118,19 @@ def test_hosts_probe_against_the_sim_compares_three_policies_side_by_side() -> N
         assert (int(row["ok"]), int(row["n"])) == (requests, requests), policy
         # The sim's exact timing, two-sided: TTFT 30 ms, tokens every 5 ms, about one token per
         # read (it sends each event on its own with TCP_NODELAY; a busy client may read two at once,
-        # a server holding writes until ACK would give all 8 in one or two reads).
-        assert 29.5 <= float(row["ttft"]) < 45, (policy, row)
-        assert 4.0 <= float(row["tpot"]) < 7.5, (policy, row)
+        # a server holding writes until ACK would give all 8 in one or two reads). Medians of 4:
+        # 20 ms of slack for a loaded machine, less than the +40 ms a delayed ACK would add; TPOT
+        # within a factor that a unit slip or a per-stream (not per-token) figure leaves.
+        assert 29.5 <= float(row["ttft"]) < 50, (policy, row)
+        assert 3.0 <= float(row["tpot"]) < 8.0, (policy, row)
         assert float(row["ttfb"]) < float(row["ttft"])
         assert 1.0 <= float(row["tpr"]) < 2.0
         # Only `new` opens a connection for every measured request.
         assert (row["connect"] != "-") == (policy == "new"), (policy, row)
-    # The sim leaves no Nagle artefact, and the probe says so.
-    assert "-> the connection policy does not change what this host's clients see" in proc.stdout
+    # The sim leaves no Nagle artefact, and the probe does not claim one. (Its "does not change"
+    # verdict needs the two medians within 2 ms, which a loaded machine can miss: not asserted.)
+    assert "reuse - reuse-quickack: TTFT" in proc.stdout
+    assert "holds small writes until ACK" not in proc.stdout
     # The host's own count: the one-token chat, then per policy one opening stream and `requests`
     # measured ones, each of `max_tokens` tokens.
     streams = 3 * (requests + 1)
