@@ -36,7 +36,7 @@ from gevent import GreenletExit
 from locust import User, events, task
 from locust.env import Environment
 from locust.rpc import Message
-from locust.runners import STATE_INIT, STATE_MISSING, STATE_STOPPED, MasterRunner, WorkerRunner
+from locust.runners import STATE_MISSING, STATE_STOPPED, MasterRunner, WorkerRunner
 
 from harness import weblogin  # noqa: F401  (registers the web UI login)
 from harness.client import ChatResult, Connection, Timeouts, chat_body
@@ -77,7 +77,8 @@ _state: _Harness | None = None
 _master_records: Spool | None = None
 _master_client: Spool | None = None
 _master_counts: dict[str, int] = {}
-#: Workers whose last report came after their users had stopped: it carried their last records.
+#: Workers whose report since the master's `quit` came after their users had stopped: it carried
+#: their last records.
 _master_final: set[str] = set()
 
 
@@ -254,7 +255,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
         @environment.events.report_to_master.add_listener
         def _report(client_id: str, data: dict[str, Any]) -> None:
             # Once this worker's users have stopped, this report carries its last records.
-            data["harness_final"] = runner.state in (STATE_INIT, STATE_STOPPED)
+            data["harness_final"] = runner.state == STATE_STOPPED
             if _state is not None:
                 if _state.unsent:
                     data["harness_records"], _state.unsent = _state.unsent, []
@@ -303,6 +304,9 @@ def _master_quit(environment: Environment, runner: MasterRunner) -> None:
     Locust's master stops listening 0.5 s after `quit`, so those records (and Locust's own count of
     them) never reached it: on another machine they were lost without a word."""
     runner.stop(send_stop_to_client=False)
+    # Only a report sent after this `quit` counts: one from an earlier stop (web UI) or from before
+    # the test started says nothing of the records since.
+    _master_final.clear()
     for client in runner.clients.all:
         runner.server.send_to_client(Message("quit", None, client.id))
     deadline = time.monotonic() + float(environment.stop_timeout or 0) + 10.0
