@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 #: 4 users with streams of 1.5 s (TTFT 5 ms + 50 x 30 ms): every user has one in flight at the end,
 #: most for longer than the 0.5 s Locust's master would wait for the workers' last reports.
 SIM_ARGS = ("--ttft-ms", "5", "--itl-ms", "30")
-LOAD_ARGS = ("--users", "4", "--duration", "3s", "--max-tokens", "50", "--stop-timeout", "5s", "--no-report")
+LOAD_ARGS = ("--users", "4", "--duration", "2s", "--max-tokens", "50", "--stop-timeout", "5s", "--no-report")
 
 
 def sim_stats(base_url: str) -> dict[str, Any]:
