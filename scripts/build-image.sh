@@ -14,6 +14,8 @@
 #
 # Builds use the host network (`docker build --network host`): apt and pip inside the build reach
 # what this machine reaches, and a daemon started without a bridge still builds.
+# Exit 2 (one line on stderr) when a prerequisite is missing here: no Docker daemon can be had, or
+# no registry base and no debootstrap. Any other failure exits 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "build-image: $*" >&2; }
@@ -24,7 +26,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 VERSION=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 
-bash scripts/start-dockerd.sh >/dev/null || { say "no Docker daemon: cannot build"; exit 1; }
+bash scripts/start-dockerd.sh >/dev/null || { say "no Docker daemon: cannot build"; exit 2; }
 
 debian_mirror() {
   # The Debian mirror apt already uses (deb822 sources first, then the one-line format).
@@ -37,7 +39,7 @@ debian_mirror() {
 }
 
 make_local_base() {
-  command -v debootstrap >/dev/null 2>&1 || { say "no registry base and no debootstrap (apt-get install debootstrap)"; exit 1; }
+  command -v debootstrap >/dev/null 2>&1 || { say "no registry base and no debootstrap (apt-get install debootstrap)"; exit 2; }
   local dir mirror
   mirror=$(debian_mirror)
   dir=$(mktemp -d /tmp/harness-base.XXXXXX)
