@@ -297,8 +297,10 @@ def test_k8s_manifests_validate_against_the_schemas() -> None:
     for name, doc in docs:
         try:
             kv.validate(doc, "1.30.0", strict=True)
-        except kv.ValidationError as exc:
-            pytest.fail(f"{name}: {doc['kind']} {doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
+        except Exception as exc:  # kubernetes-validate's own error or jsonschema's, as it goes
+            where = "/".join(str(p) for p in getattr(exc, "path", []))
+            msg = getattr(exc, "message", str(exc))
+            pytest.fail(f"{name}: {doc['kind']} {doc['metadata']['name']}: {msg} at {where or '.'}")
 
 
 def _container(doc: dict[str, Any]) -> dict[str, Any]:
