@@ -21,7 +21,8 @@ for _ in $(seq 1 60); do
     exit 0
   fi
   if ! kill -0 "$pid" 2>/dev/null; then
-    say "dockerd exited: $(grep -E 'level=(error|fatal)' "$log" | tail -1 | cut -c1-300) (log: $log)"
+    why=$(grep -E 'level=(error|fatal)|^failed' "$log" | tail -1 | cut -c1-300)
+    say "dockerd exited: ${why:-$(tail -1 "$log" | cut -c1-300)} (log: $log)"
     exit 1
   fi
   sleep 0.5
