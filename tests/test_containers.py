@@ -242,13 +242,14 @@ def test_killed_worker_container_loses_no_record_it_wrote(fleet: Any) -> None:
     f.start_run(workers=2)
     # Kill a worker once its spool on the shared volume holds records, well before the end.
     victim = f.container_ids("worker")[0]
-    top = subprocess.run(["docker", "top", victim, "-eo", "pid"], capture_output=True, text=True, check=True)
-    pids = {int(p) for p in top.stdout.split()[1:]}
     spool = None
     deadline = time.monotonic() + 90
     while spool is None or len(_lines(spool)) < 20:
         assert time.monotonic() < deadline, f"the victim never spooled 20 records:\n{f('logs')}"
         time.sleep(0.3)
+        # Its processes now: the Locust process that writes the spool starts after the container.
+        top = subprocess.run(["docker", "top", victim, "-eo", "pid"], capture_output=True, text=True)
+        pids = {int(p) for p in top.stdout.split()[1:] if p.isdigit()}
         spools = list((f.run_dir / "spool").glob("*.records.jsonl")) if f.run_dir.is_dir() else []
         spool = next((p for p in spools if _spool_pid(p) in pids), None)
     subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
