@@ -9,8 +9,8 @@
 # Python packages: when this machine's Python is 3.11 (the image's), the dependencies are fetched
 # here into a wheelhouse (deploy/wheels/, git-ignored) with this machine's pip configuration (its
 # local indexes and wheel caches), and the image installs from it with --no-index: the build needs
-# no Python index at all. Otherwise (or with HARNESS_WHEELHOUSE=0) pip inside the build uses PyPI,
-# or $PIP_ARGS (e.g. "--index-url https://mirror/simple").
+# no Python index at all. Otherwise (or with HARNESS_WHEELHOUSE=0) pip inside the build uses PyPI
+# with this machine's index URLs and CA bundle, or $PIP_ARGS (e.g. "--index-url https://mirror/simple").
 #
 # Builds use the host network (`docker build --network host`): apt and pip inside the build reach
 # what this machine reaches, and a daemon started without a bridge still builds.
@@ -64,8 +64,41 @@ if [ -z "${BASE_IMAGE:-}" ]; then
   fi
 fi
 
+# pip inside the build gets this machine's pip settings that mean something there: http(s)
+# indexes, trusted hosts and the CA bundle (a TLS-inspecting proxy's CA, say); local folders are
+# left out. They reach only the builder stage (deploy/wheels/, git-ignored), never the image.
+rm -f deploy/wheels/*.whl deploy/wheels/pip.conf deploy/wheels/ca.crt
+"$PY" - <<'PYCONF'
+import ast, shutil, subprocess, sys
+out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+conf: dict[str, str] = {}
+for line in out.splitlines():  # "global.cert='/etc/ssl/...'"; environment (":env:.") wins
+    key, _, value = line.partition("=")
+    name = key.rsplit(".", 1)[-1]
+    if not value or (name in conf and not key.startswith(":env:")):
+        continue
+    try:
+        conf[name] = str(ast.literal_eval(value))
+    except (ValueError, SyntaxError):
+        conf[name] = value
+keep = []
+for name in ("index-url", "extra-index-url"):
+    urls = [u for u in conf.get(name, "").split() if u.startswith(("http://", "https://"))]
+    if urls:
+        keep.append(f"{name} = {' '.join(urls)}")
+if conf.get("trusted-host"):
+    keep.append(f"trusted-host = {conf['trusted-host']}")
+if conf.get("cert"):
+    try:
+        shutil.copyfile(conf["cert"], "deploy/wheels/ca.crt")
+        keep.append("cert = /wheels/ca.crt")
+    except OSError:
+        pass
+with open("deploy/wheels/pip.conf", "w") as fh:
+    fh.write("[global]\n" + "".join(line + "\n" for line in keep))
+PYCONF
+
 # The wheelhouse: every dependency as a wheel, plus the build backend for the project itself.
-rm -f deploy/wheels/*.whl
 if [ "${HARNESS_WHEELHOUSE:-1}" != 0 ] && "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   reqs=$(mktemp)
   "$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' >"$reqs"
