@@ -115,7 +115,7 @@ fi
 
 say "building $IMAGE:$VERSION and $IMAGE:dev on $BASE_IMAGE"
 start=$(date +%s)
-docker build --network host --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PIP_ARGS="${PIP_ARGS:-}" \
+docker build --force-rm --network host --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg PIP_ARGS="${PIP_ARGS:-}" \
   -f deploy/Dockerfile -t "$IMAGE:$VERSION" -t "$IMAGE:dev" ${DOCKER_BUILD_ARGS:-} .
 # A rebuild leaves the previous image untagged (its virtualenv layer alone is ~570 MB): remove those.
 # Only images of this Dockerfile's last stage carry its label, so the builder's cache stays.
