@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SCENARIO ?= scenarios/quickstart.yaml
 
-.PHONY: setup system-deps run test lint format bench clean
+.PHONY: setup system-deps run test lint format bench clean image
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,12 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The container image llm-load-harness:VERSION and :dev (deploy/Dockerfile; see README "Scale out").
+# Needs a Docker daemon (started here when we are root); with no image registry the base is made
+# locally with debootstrap.
+image:
+	bash scripts/build-image.sh
 
 bench: setup
 	$(PY) benchmarks/run_all.py

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test-suite uses, when missing: strace and chromium.
+# Installs the Debian packages the test-suite uses, when missing: strace, chromium, and for the
+# container tests (tests/test_containers.py) docker.io, docker-compose and debootstrap.
 # Needs root (or sudo) and apt; without them it says what is missing and the tests that need
-# those tools skip with a reason.
+# those tools skip with a reason. The container tests start dockerd themselves.
 set -u
 need=()
 command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Debian's docker.io (daemon and CLI); a docker CLI from elsewhere does not bring a daemon.
+[ -x /usr/sbin/dockerd ] || command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+# Compose v1 is what Debian bookworm has; `docker compose` (v2) is used instead when present.
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
