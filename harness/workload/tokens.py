@@ -281,7 +281,8 @@ def calibrate(
         raise ValueError("calibration needs at least two different probe lengths")
     points: list[tuple[int, int]] = []
     for k in words:
-        text = " ".join(vocabulary[j % len(vocabulary)] for j in range(k))
+        # Shaped like the synthetic text the fit is used for: every word after a space.
+        text = "".join(" " + vocabulary[j % len(vocabulary)].strip() for j in range(k))
         tokens = probe([{"role": "user", "content": text}])
         if not isinstance(tokens, int) or tokens < 0:
             raise InputError(f"calibration: the host reported no usable usage.prompt_tokens ({tokens!r})")
