@@ -15,6 +15,7 @@ offset (expected - requested) once for the manifest.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,9 @@ class RequestSpec:
         }
 
     def key(self) -> tuple[Any, ...]:
-        """What identifies the request in multiset comparisons (same seed, any worker count)."""
+        """What identifies the request in multiset comparisons (same seed, any worker count): ids,
+        lengths, prefix, and a digest of the text itself."""
+        digest = zlib.crc32("\x00".join(m["content"] for m in self.messages).encode())
         return (
             self.prompt_id,
             self.session_id,
@@ -73,6 +76,7 @@ class RequestSpec:
             self.requested_input_tokens,
             self.max_tokens,
             self.prefix_id,
+            digest,
         )
 
 
@@ -99,11 +103,11 @@ class SessionSpec:
     extra_body: dict[str, Any] | None = None
 
     def key(self) -> tuple[Any, ...]:
-        return (
-            self.session_id,
-            self.prefix_id,
-            tuple((t.prompt_id, t.requested_input_tokens, t.max_tokens) for t in self.turns),
+        turns = tuple(
+            (t.prompt_id, t.requested_input_tokens, t.max_tokens, zlib.crc32(t.text.encode()))
+            for t in self.turns
         )
+        return (self.session_id, self.prefix_id, self.system, turns)
 
 
 @dataclass(slots=True)
