@@ -337,6 +337,11 @@ def test_calibration_fits_slope_and_offset_and_says_it_is_calibrated() -> None:
     r = w.build([0])[0]
     assert len(r.messages[0]["content"].split()) == 80 and r.expected_prompt_tokens is None
     assert w.describe()["lengths"]["method"] == "calibrated"
+    whole = build_workload(
+        WorkloadSpec(input_tokens="100", output_tokens=4, count_template=True), seed=0, counter=cal
+    )
+    # The template's fitted 9 tokens come out of the 100: (100 - 9) / 1.25 words.
+    assert len(whole.build([0])[0].messages[0]["content"].split()) == 73
     with pytest.raises(InputError, match="did not grow"):
         calibrate(lambda m: 5)
     assert all(" " not in w for w in PLAIN_WORDS)

@@ -232,7 +232,9 @@ class Workload:
         )
         words = want
         if isinstance(self.counter, Calibration):
-            words = [self.counter.words_for(n) for n in want]
+            cal = self.counter
+            less = round(cal.offset) if self.count_template else 0
+            words = [cal.words_for(max(1, n - less)) for n in want]
         elif self.count_template and self.user_offset is not None:
             words = [max(1, n - self.user_offset) for n in want]
         text = self.synth.text

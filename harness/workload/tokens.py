@@ -186,16 +186,21 @@ class ModelTokenizer(Counter):
         """Tokens of the whole rendered prompt: what a host applying this template reports."""
         return self.count(self.render(messages))
 
-    def single_token_words(self) -> list[str]:
+    def single_token_words(self, limit: int = 8192) -> list[str]:
         """Vocabulary entries that are one word with a leading space (` word`) and encode back to
         exactly that one token: text made only of such words, one after another, has exactly one
-        token per word in tokenizers that split words before merging (byte-level BPE, Metaspace)."""
-        out = []
+        token per word in tokenizers that split words before merging (byte-level BPE, Metaspace).
+        The first `limit` in id order (BPE ids follow merge order: common words first), which
+        bounds the scan on 150k-token vocabularies; `build_workload` verifies the result."""
+        out: set[str] = set()
+        word = re.compile(r" [A-Za-z]{2,}")
         for token_id in range(self.tokenizer.get_vocab_size()):
             s = self.tokenizer.decode([token_id], skip_special_tokens=True)
-            if re.fullmatch(r" [A-Za-z]{2,}", s) and self.ids(s) == [token_id]:
-                out.append(s)
-        return sorted(set(out))
+            if word.fullmatch(s) and self.ids(s) == [token_id]:
+                out.add(s)
+                if len(out) >= limit:
+                    break
+        return sorted(out)
 
     def describe(self) -> dict[str, Any]:
         return {
