@@ -345,3 +345,45 @@ def test_calibration_fits_slope_and_offset_and_says_it_is_calibrated() -> None:
     with pytest.raises(InputError, match="did not grow"):
         calibrate(lambda m: 5)
     assert all(" " not in w for w in PLAIN_WORDS)
+
+
+# --- chat templates beyond the shipped one ------------------------------------------------------
+
+
+def test_template_from_tokenizer_config_list_with_hf_features(tmp_path: Path) -> None:
+    """A `tokenizer_config.json` holding named templates (no chat_template.jinja), using what
+    Hugging Face templates use: bos_token, loop controls, namespace, tojson, raise_exception."""
+    import json
+    import shutil
+
+    shutil.copy(TINY / "tokenizer.json", tmp_path / "tokenizer.json")
+    template = (
+        "{{ bos_token }}{% set ns = namespace(n=0) %}{% for m in messages %}"
+        "{% if m['role'] == 'tool' %}{{ raise_exception('no tools here') }}{% endif %}"
+        "{% set ns.n = ns.n + 1 %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% if loop.last %}{{ {'turns': ns.n} | tojson }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": {"content": "<|endoftext|>"},
+                "chat_template": [
+                    {"name": "tool_use", "template": "x"},
+                    {"name": "default", "template": template},
+                ],
+            }
+        )
+    )
+    tok = ModelTokenizer.from_path(tmp_path / "tokenizer.json")
+    text = tok.render([{"role": "user", "content": "hi"}])
+    assert text == '<|endoftext|><|im_start|>user\nhi<|im_end|>\n{"turns": 1}<|im_start|>assistant\n'
+    w = build_workload(WorkloadSpec(input_tokens="1:300", output_tokens=4), seed=2, counter=tok)
+    assert w.exact and w.user_offset == tok.prompt_tokens([{"role": "user", "content": ""}])
+    for r in w.build(range(50)):
+        assert tok.prompt_tokens(r.messages) == r.expected_prompt_tokens
+    with pytest.raises(InputError, match="chat template failed to render \\(no tools here\\)"):
+        tok.render([{"role": "tool", "content": "x"}])
+    (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }")
+    with pytest.raises(InputError, match="chat template line 1"):
+        ModelTokenizer.from_path(tmp_path)

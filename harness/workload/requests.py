@@ -460,7 +460,8 @@ def build_workload(
             lo, hi = in_dist.support
             entries = fit_lengths(entries, counter, lo=lo, hi=hi, mode=ds.too_long, source=str(path))
         elif isinstance(counter, ModelTokenizer):
-            entries = fit_lengths(entries, counter, source=str(path))
+            # No range asked: measure every entry, drop none.
+            entries = fit_lengths(entries, counter, lo=0, source=str(path))
         w.entries = entries
         w.source = f"dataset:{path}"
     elif in_dist is not None:
@@ -490,7 +491,7 @@ def build_workload(
             for p in raw
         ]
         if isinstance(counter, ModelTokenizer):
-            w.entries = fit_lengths(w.entries, counter, source="prompts")
+            w.entries = fit_lengths(w.entries, counter, lo=0, source="prompts")
         w.source = "prompts"
     if spec.shared_prefix is not None:
         sp = spec.shared_prefix
