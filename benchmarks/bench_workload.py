@@ -159,10 +159,16 @@ def main() -> int:
     body = body_cost(tok, 5000)
     mem = block_memory(tok)
     base = results["synthetic-256"]["median_us"]
-    print(f"naive exact (decode + encode per request, 256 tokens): {naive:.2f} µs/req = {naive / base:.1f}x the pool")
-    print(f"chat_body serialisation (paid by every send anyway): {body:.2f} µs/req = {body / base:.2f}x the pool")
+    print(
+        f"naive exact (decode + encode per request, 256 tokens): {naive:.2f} µs/req = {naive / base:.1f}x the pool"
+    )
+    print(
+        f"chat_body serialisation (paid by every send anyway): {body:.2f} µs/req = {body / base:.2f}x the pool"
+    )
     print(f"a prebuilt block of {BLOCK} requests of 256 tokens holds {mem:.1f} MiB")
-    print(f"target: synthetic rows < {TARGET_US:.0f} CPU µs/request (1,000,000 in < 20 s of one core): {'PASS' if ok else 'FAIL'}")
+    print(
+        f"target: synthetic rows < {TARGET_US:.0f} CPU µs/request (1,000,000 in < 20 s of one core): {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 
