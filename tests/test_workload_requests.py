@@ -157,15 +157,24 @@ def test_max_requests_counts_conversation_turns_exactly(
 def test_pool_builds_before_sending_and_between_sends(tok: ModelTokenizer) -> None:
     pool = RequestPool(workload(tok, input_tokens=32, output_tokens=4), prebuild=100)
     assert len(pool) == 100, "built when made, before any send"
-    for _ in range(60):
+    built = []
+    for _ in range(160):
         assert isinstance(pool.take(), RequestSpec)
-        pool.refill()
-    assert pool.late_builds == 0 and 50 <= len(pool) <= 200
-    # Without refills the pool runs dry once and builds late (counted).
-    lazy = RequestPool(workload(tok, input_tokens=32, output_tokens=4), prebuild=10)
+        built.append(pool.refill())
+        assert 50 <= len(pool) <= 100, "topped up between sends"
+    assert built.count(50) == 3 and sum(built) == 150 and pool.late_builds == 0
+    # A refill builds at most `step` items: no long hold of a Locust process's event loop.
+    stepped = RequestPool(workload(tok, input_tokens=32, output_tokens=4), prebuild=1000, step=100)
+    for _ in range(500):
+        stepped.take()
+    assert stepped.refill() == 100 and len(stepped) == 600
+    assert [stepped.refill() for _ in range(5)] == [100, 100, 100, 100, 0]
+    assert RequestPool(workload(tok, input_tokens=32, output_tokens=4), prebuild=10).step == 5
+    # Without refills the pool runs dry and builds late (counted).
+    lazy = RequestPool(workload(tok, input_tokens=32, output_tokens=4), prebuild=10, step=10)
     for _ in range(25):
         lazy.take()
-    assert lazy.late_builds == 2
+    assert lazy.late_builds == 3, "10 built ahead, then 5 at a time (half the pool) at takes 11, 16, 21"
     done = RequestPool(workload(tok, input_tokens=32, output_tokens=4), max_requests=3)
     assert len(drain(done)) == 3 and done.exhausted and done.take() is None
 

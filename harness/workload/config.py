@@ -113,7 +113,7 @@ class WorkloadSpec(_Model):
     prebuild: int = Field(
         4096,
         ge=1,
-        description="requests each worker builds before sending starts (and again, between sends, when half are used)",
+        description="requests each worker builds before sending starts; between sends it tops up to this many, 256 at a time",
     )
 
     _lengths = field_validator("input_tokens", "output_tokens", mode="before")(

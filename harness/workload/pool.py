@@ -7,9 +7,12 @@ for any n, and `max_requests` N is exact over all workers without any coordinati
 covering the first N requests are fixed in advance (a conversation that straddles N is cut short),
 and each worker sends just its own share of them.
 
-Building happens in blocks: `prebuild` items when the pool is made (before the first send), and
-again in `refill()`, which the sending loop calls between requests when half are used. `take()`
-only builds if the pool ran dry (`late_builds` counts that, for the run's health figures).
+Building happens before sending: `prebuild` items when the pool is made (before the first send),
+then `refill()`, which the sending loop calls between requests: each time `step` items were taken
+it builds `step` more (default 256, ~1.5 ms at the ~5 µs per request measured in
+benchmarks/bench_workload.py), so in a Locust process no refill holds the event loop long while
+other users' streams are being read. `take()` only builds if the pool ran dry (`late_builds`
+counts that, for the run's health figures).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class RequestPool:
         workers: int = 1,
         max_requests: int | None = None,
         prebuild: int = 4096,
+        step: int = 256,
     ) -> None:
         if not 0 <= worker < workers:
             raise ValueError(f"worker index {worker} out of range for {workers} workers")
@@ -68,6 +72,9 @@ class RequestPool:
         self.worker = worker
         self.workers = workers
         self.block = max(1, prebuild)
+        # Build in batches (numpy's per-call cost would dominate one item at a time), never more
+        # than half the pool at once so a refill always comes before the pool runs dry.
+        self.step = max(1, min(step, self.block // 2))
         self.late_builds = 0
         self._next = 0  # this worker's next item number (global index = worker + next * workers)
         self._items: deque[Any] = deque()
@@ -103,15 +110,15 @@ class RequestPool:
         return int(idx.size)
 
     def refill(self) -> int:
-        """Between sends: build the next block if half the pool is used. Returns items built."""
-        if len(self._items) * 2 <= self.block:
-            return self._build(self.block)
+        """Between sends: once `step` items were taken, build `step` more. Returns items built."""
+        if self.block - len(self._items) >= self.step:
+            return self._build(self.step)
         return 0
 
     def take(self) -> Any:
         """The next RequestSpec (or SessionSpec); None when this worker's share is sent."""
         if not self._items:
-            if self._build(self.block):
+            if self._build(self.step):
                 self.late_builds += 1
             else:
                 return None
