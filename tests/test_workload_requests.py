@@ -396,3 +396,14 @@ def test_template_from_tokenizer_config_list_with_hf_features(tmp_path: Path) ->
     (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }")
     with pytest.raises(InputError, match="chat template line 1"):
         ModelTokenizer.from_path(tmp_path)
+
+
+def test_refill_step_counts_requests_not_conversations(tok: ModelTokenizer) -> None:
+    w = workload(tok, input_tokens=8, output_tokens=4, conversation={"turns": "list:2,6"})
+    assert w.mean_turns() == 4
+    assert RequestPool(w, prebuild=4096, step=256).step == 64
+    whole = workload(
+        tok, dataset={"path": str(EXAMPLE), "conversations": "whole"}, conversation={}, output_tokens=4
+    )
+    mean = sum(len(e.turns) for e in whole.entries or []) / len(whole.entries or [1])
+    assert whole.mean_turns() == mean and RequestPool(whole, step=256).step == round(256 / mean)

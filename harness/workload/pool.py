@@ -9,7 +9,7 @@ and each worker sends just its own share of them.
 
 Building happens before sending: `prebuild` items when the pool is made (before the first send),
 then `refill()`, which the sending loop calls between requests: each time `step` items were taken
-it builds `step` more (default 256, ~1.5 ms at the ~5 µs per request measured in
+it builds `step` more (default 256 requests, conversations counted by their turns; ~1.5 ms at the ~5 µs per request measured in
 benchmarks/bench_workload.py), so in a Locust process no refill holds the event loop long while
 other users' streams are being read. `take()` only builds if the pool ran dry (`late_builds`
 counts that, for the run's health figures).
@@ -74,7 +74,9 @@ class RequestPool:
         self.block = max(1, prebuild)
         # Build in batches (numpy's per-call cost would dominate one item at a time), never more
         # than half the pool at once so a refill always comes before the pool runs dry.
-        self.step = max(1, min(step, self.block // 2))
+        # `step` counts requests: a conversation of T turns is T of them.
+        items_per_step = max(1, round(step / workload.mean_turns()))
+        self.step = max(1, min(items_per_step, self.block // 2))
         self.late_builds = 0
         self._next = 0  # this worker's next item number (global index = worker + next * workers)
         self._items: deque[Any] = deque()

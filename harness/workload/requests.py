@@ -172,6 +172,15 @@ class Workload:
         }
         return out
 
+    def mean_turns(self) -> float:
+        """Requests per item on average (1 for single requests)."""
+        if not self.conversational:
+            return 1.0
+        if self.whole_conversations and self.entries:
+            mean = sum(len(e.turns) for e in self.entries) / len(self.entries)
+            return min(mean, self.turns.mean) if self.turns else mean
+        return self.turns.mean if self.turns else 1.0
+
     def turns_of(self, index: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """Requests each item (a request: 1, a conversation: its turns) stands for."""
         idx = np.atleast_1d(np.asarray(index, dtype=np.int64))
