@@ -44,7 +44,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness import __version__
-from harness.client import ChatResult, Connection, Timeouts, chat_body
+from harness.client import DEFAULT_CONNECTION_POLICY, ChatResult, Connection, Timeouts, chat_body
 from harness.errors import HarnessError, InputError
 from harness.hosts import HostInfo, normalize_base_url, probe_host, resolve_model, root_url
 from harness.quality import (
@@ -237,7 +237,7 @@ class BenchConfig:
     temperature: float | None = 0.0
     streams: list[bool] = field(default_factory=lambda: [True])
     concurrency: list[int] = field(default_factory=lambda: [1])
-    connection: str = "reuse-quickack"
+    connection: str = DEFAULT_CONNECTION_POLICY
     timeouts: Timeouts = field(default_factory=Timeouts)
     power_watts: float | None = None
     price_per_kwh: float | None = None

@@ -38,7 +38,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from harness import weblogin  # noqa: F401  (registers the web UI login)
-from harness.client import ChatResult, Connection, Timeouts, chat_body
+from harness.client import ChatResult, Connection, chat_body
 from harness.errors import HarnessError
 from harness.loadplan import Arrivals, Stage, stage_at
 from harness.plan import Plan, read_api_key
@@ -131,8 +131,7 @@ class _Harness:
             self.client_metrics = Spool(run_dir / "client_metrics.jsonl")
         self.unsent: list[bytes] = []
         self.unsent_metrics: list[bytes] = []
-        t = self.scenario.timeouts
-        self.timeouts = Timeouts(t.connect_s, t.first_token_s, t.idle_s, t.total_s)
+        self.timeouts = self.scenario.timeouts.timeouts()
         self.keys = {i: read_api_key(tg.api_key_env, tg.api_key_file) for i, tg in enumerate(plan.targets)}
         self.arrivals = self._arrivals(environment)
         self._greenlets = [gevent.spawn(self._flush_loop), gevent.spawn(self._monitor_loop)]

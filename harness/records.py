@@ -22,6 +22,7 @@ from typing import IO, Any
 import orjson
 
 from harness.client.chat import ChatResult
+from harness.client.policy import DEFAULT_CONNECTION_POLICY
 
 __all__ = [
     "ERROR_CATEGORIES",
@@ -112,8 +113,8 @@ class Record:
     """Per-worker sequence number: (worker, seq) identifies a record across spools and the master."""
     stream: bool = True
     max_tokens: int | None = None
-    connection: str = "reuse"
-    """Connection policy: `reuse`, `new` or `reuse-quickack`."""
+    connection: str = DEFAULT_CONNECTION_POLICY
+    """Connection policy: one of `harness.client.policy.CONNECTION_POLICIES`."""
     conn_reused: bool = False
     """True when the request went over a connection that had carried an earlier request."""
     connect_ms: float | None = None

@@ -15,6 +15,13 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.client.policy import (
+    DEFAULT_CONNECTION_POLICY,
+    DEFAULT_TIMEOUTS,
+    POLICY_HELP,
+    ConnectionPolicy,
+    Timeouts,
+)
 from harness.errors import InputError
 
 __all__ = [
@@ -260,10 +267,16 @@ class WarmupSpec(_Model):
 
 
 class TimeoutSpec(_Model):
-    connect_s: float = Field(10.0, gt=0)
-    first_token_s: float = Field(120.0, gt=0, description="headers and first token")
-    idle_s: float = Field(60.0, gt=0, description="longest gap between tokens (beyond: stall)")
-    total_s: float = Field(600.0, gt=0)
+    connect_s: float = Field(DEFAULT_TIMEOUTS.connect_s, gt=0)
+    first_token_s: float = Field(DEFAULT_TIMEOUTS.first_token_s, gt=0, description="headers and first token")
+    idle_s: float = Field(
+        DEFAULT_TIMEOUTS.idle_s, gt=0, description="longest gap between tokens (beyond: stall)"
+    )
+    total_s: float = Field(DEFAULT_TIMEOUTS.total_s, gt=0)
+
+    def timeouts(self) -> Timeouts:
+        """The client's `Timeouts` for these limits."""
+        return Timeouts(self.connect_s, self.first_token_s, self.idle_s, self.total_s)
 
 
 class RetrySpec(_Model):
@@ -284,12 +297,7 @@ class SloSpec(_Model):
     e2e_ms: float | None = Field(None, gt=0)
 
 
-ConnectionPolicy = Annotated[
-    Literal["reuse", "new", "reuse-quickack"],
-    Field(
-        description="reuse: keep-alive; new: a connection per request; reuse-quickack: keep-alive + TCP_QUICKACK"
-    ),
-]
+ConnectionPolicyField = Annotated[ConnectionPolicy, Field(description=POLICY_HELP)]
 
 
 class Scenario(_Model):
@@ -307,7 +315,7 @@ class Scenario(_Model):
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
     slo: SloSpec = Field(default_factory=SloSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
-    connection: ConnectionPolicy = "reuse-quickack"
+    connection: ConnectionPolicyField = DEFAULT_CONNECTION_POLICY
     seed: int = Field(0, description="seeds prompt order and lengths: same seed, same request sequence")
 
     @model_validator(mode="after")

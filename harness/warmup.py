@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from harness.client import Connection, Timeouts, chat_body
+from harness.client import Connection, chat_body
 from harness.plan import Plan, read_api_key
 from harness.records import Record, record_from_result, worker_id
 
@@ -25,8 +25,7 @@ def run_warmup(plan: Plan, emit: Callable[[Record], None], *, seq_start: int = 0
     prompts = plan.prompts
     mt = sc.request.max_tokens
     max_tokens = mt if isinstance(mt, int) else mt[0]
-    t = sc.timeouts
-    timeouts = Timeouts(t.connect_s, t.first_token_s, t.idle_s, t.total_s)
+    timeouts = sc.timeouts.timeouts()
     me = worker_id()
     failed = []
     seq = seq_start

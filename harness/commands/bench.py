@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from harness.client.policy import CONNECTION_POLICIES, DEFAULT_CONNECTION_POLICY
 from harness.errors import InputError
 
 __all__ = ["add_parser", "config_from_args"]
@@ -85,9 +86,9 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--concurrency", metavar="LIST", default="1", help="e.g. 1 or 1,4 (default 1)")
     g.add_argument(
         "--connection",
-        choices=["reuse", "new", "reuse-quickack"],
-        default="reuse-quickack",
-        help="connection policy (default reuse-quickack: the server's own timing)",
+        choices=CONNECTION_POLICIES,
+        default=DEFAULT_CONNECTION_POLICY,
+        help=f"connection policy (default {DEFAULT_CONNECTION_POLICY}: the server's own timing)",
     )
     g = p.add_argument_group("cost and quality")
     g.add_argument("--power-watts", type=float, metavar="W", help="power draw for energy per 1,000 tokens")
