@@ -23,6 +23,7 @@ from harness.client.policy import (
     Timeouts,
 )
 from harness.errors import InputError
+from harness.flavours import EMBEDDED_FLAVOURS
 
 __all__ = [
     "DEFAULT_PROMPTS",
@@ -119,8 +120,8 @@ class HostSpec(_Model):
     """A host to load: a base URL, or one the harness starts itself (`embedded`)."""
 
     url: str | None = Field(None, description="base URL, e.g. http://127.0.0.1:5273/v1")
-    embedded: Literal["sim", "foundry"] | None = Field(
-        None, description="start this kind of host for the run"
+    embedded: str | None = Field(
+        None, description=f"start this kind of host for the run: {' or '.join(EMBEDDED_FLAVOURS)}"
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
@@ -134,6 +135,13 @@ class HostSpec(_Model):
     )
     api_key_env: str | None = Field(None, description="environment variable holding this host's API key")
     api_key_file: str | None = Field(None, description="file holding this host's API key")
+
+    @field_validator("embedded")
+    @classmethod
+    def _embedded_flavour(cls, v: str | None) -> str | None:
+        if v is not None and v not in EMBEDDED_FLAVOURS:
+            raise ValueError(f"Input should be {' or '.join(repr(f) for f in EMBEDDED_FLAVOURS)}")
+        return v
 
     @model_validator(mode="after")
     def _one_kind(self) -> HostSpec:

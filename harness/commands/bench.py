@@ -143,7 +143,7 @@ def _concurrency(text: str) -> list[int]:
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Any:
     """A `BenchConfig` from options, then the workshop's BENCH_* variables, then defaults."""
-    from harness.bench import DEFAULT_MAX_TOKENS, DEFAULT_ROUNDS, MODES, BenchConfig, load_models_file
+    from harness.benchconfig import DEFAULT_MAX_TOKENS, DEFAULT_ROUNDS, MODES, BenchConfig, load_models_file
     from harness.scenario import Prompt, load_prompts_file
 
     env = os.environ if env is None else env
