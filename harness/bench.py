@@ -583,11 +583,11 @@ def rescore(
     problems: list[str] = []
     if judge_url and judge_model:
         prompts = {p["id"]: p for p in manifest.get("bench", {}).get("prompts", [])}
-        rows = scoring_rows_from_csv(run_dir / "scoring.csv", prompts)
+        rows = scoring_rows_from_csv(RunDir(run_dir).scoring, prompts)
         if not rows:
-            problems.append(f"{run_dir / 'scoring.csv'}: no answers to judge")
+            problems.append(f"{RunDir(run_dir).scoring}: no answers to judge")
         else:
             problems += ask_judge(run_dir, rows, judge_url, judge_model, say)
     table = render_selection(run_dir, power_watts=power_watts, price_per_kwh=price_per_kwh, problems=problems)
-    _, hand_problems = read_scoring_csv(run_dir / "scoring.csv")
+    _, hand_problems = read_scoring_csv(RunDir(run_dir).scoring)
     return table, problems + hand_problems

@@ -32,6 +32,7 @@ import orjson
 
 from harness.errors import HarnessError
 from harness.hosts import probe_host, resolve_model
+from harness.rundir import RunDir
 
 __all__ = [
     "JUDGE_API_KEY_ENV",
@@ -484,7 +485,7 @@ def ask_judge(
         return [f"judge not asked: {exc}"]
     judge_id = resolve_model(model, info.models) or model
     say(f"asking the judge {judge_id} at {info.url} about {len(rows)} answer(s)")
-    outcome = run_judge(rows, run_dir / "judge.jsonl", base_url=info.url, model=judge_id)
+    outcome = run_judge(rows, RunDir(run_dir).judge, base_url=info.url, model=judge_id)
     return outcome.problems
 
 
@@ -502,5 +503,5 @@ def write_answers(
     }
     rows = scoring_rows(records, by_id, stages=stages)
     if rows:
-        write_scoring_csv(run_dir / "scoring.csv", rows)
+        write_scoring_csv(RunDir(run_dir).scoring, rows)
     return rows

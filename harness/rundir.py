@@ -15,6 +15,8 @@ docs/ARCHITECTURE.md is this module's), so a file is renamed or added in one pla
       hosts/<i>-<kind>.log   embedded hosts' logs
       locust/                Locust's CSV, HTML report and log
       summary.json, report.*, *.csv   the report (harness.report)
+      bench.md, bench.csv, bench.json, scoring.csv, judge.jsonl   `harness bench`: the selection
+                             table, answers to score by hand, a judge model's verdicts
 
 `Spool` is the append-only JSONL file a process writes records (or samples) to as it goes, flushed
 at least every `flush_interval_s` so a crash loses at most that much.
@@ -69,6 +71,9 @@ SUMMARY = "summary.json"
 SPOOL_DIR = "spool"
 SPOOL_RECORDS_SUFFIX = ".records.jsonl"
 SPOOL_CLIENT_SUFFIX = ".client.jsonl"
+SCORING = "scoring.csv"
+JUDGE = "judge.jsonl"
+BENCH_TABLES = ("bench.md", "bench.csv", "bench.json")
 HOSTS_DIR = "hosts"
 LOCUST_DIR = "locust"
 
@@ -110,6 +115,20 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.path / SUMMARY
+
+    @property
+    def scoring(self) -> Path:
+        return self.path / SCORING
+
+    @property
+    def judge(self) -> Path:
+        return self.path / JUDGE
+
+    @property
+    def bench_tables(self) -> tuple[Path, Path, Path]:
+        """(bench.md, bench.csv, bench.json): the model selection table."""
+        md, csv, js = (self.path / name for name in BENCH_TABLES)
+        return md, csv, js
 
     @property
     def locust_log(self) -> Path:

@@ -43,7 +43,7 @@ def write(ctx: ReportContext, out_dir: Path) -> list[Path]:
         except InputError:
             continue
         render_selection(run_dir, summary=ctx.summary)
-        written += [RunDir(run_dir).path / name for name in ("bench.md", "bench.csv", "bench.json")]
+        written += list(RunDir(run_dir).bench_tables)
     return written
 
 
@@ -286,9 +286,10 @@ def render_selection(
     price_per_kwh = price_per_kwh if price_per_kwh is not None else bench.get("price_per_kwh")
     if summary is None:
         summary = _load_summary(run_dir, notes)
-    hand, hand_problems = read_scoring_csv(run_dir / "scoring.csv")
+    rd = RunDir(run_dir)
+    hand, hand_problems = read_scoring_csv(rd.scoring)
     notes += hand_problems
-    judge = read_judge(run_dir / "judge.jsonl")
+    judge = read_judge(rd.judge)
     rows = selection_rows(
         manifest,
         summary,
@@ -300,10 +301,12 @@ def render_selection(
     )
     cols = _shown_columns(rows, power_watts, price_per_kwh)
     settings = {"power_watts": power_watts, "price_per_kwh": price_per_kwh}
-    _write_bench_json(run_dir / "bench.json", manifest, rows, cols, settings, notes)
-    _write_bench_csv(run_dir / "bench.csv", rows, power_watts is not None, price_per_kwh is not None)
-    markdown = _markdown(manifest, rows, cols, settings, notes, judges_used(run_dir / "judge.jsonl"))
-    (run_dir / "bench.md").write_text(markdown, encoding="utf-8")
+    md_path, csv_path, json_path = rd.bench_tables
+    _write_bench_json(json_path, manifest, rows, cols, settings, notes)
+    _write_bench_csv(csv_path, rows, power_watts is not None, price_per_kwh is not None)
+    md_path.write_text(
+        _markdown(manifest, rows, cols, settings, notes, judges_used(rd.judge)), encoding="utf-8"
+    )
     return _console(rows)
 
 
