@@ -15,13 +15,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.client.policy import (
-    DEFAULT_CONNECTION_POLICY,
-    DEFAULT_TIMEOUTS,
-    POLICY_HELP,
-    ConnectionPolicy,
-    Timeouts,
-)
+from harness.client import policy
 from harness.errors import InputError
 from harness.flavours import EMBEDDED_FLAVOURS
 
@@ -275,16 +269,18 @@ class WarmupSpec(_Model):
 
 
 class TimeoutSpec(_Model):
-    connect_s: float = Field(DEFAULT_TIMEOUTS.connect_s, gt=0)
-    first_token_s: float = Field(DEFAULT_TIMEOUTS.first_token_s, gt=0, description="headers and first token")
-    idle_s: float = Field(
-        DEFAULT_TIMEOUTS.idle_s, gt=0, description="longest gap between tokens (beyond: stall)"
+    connect_s: float = Field(policy.DEFAULT_TIMEOUTS.connect_s, gt=0)
+    first_token_s: float = Field(
+        policy.DEFAULT_TIMEOUTS.first_token_s, gt=0, description="headers and first token"
     )
-    total_s: float = Field(DEFAULT_TIMEOUTS.total_s, gt=0)
+    idle_s: float = Field(
+        policy.DEFAULT_TIMEOUTS.idle_s, gt=0, description="longest gap between tokens (beyond: stall)"
+    )
+    total_s: float = Field(policy.DEFAULT_TIMEOUTS.total_s, gt=0)
 
-    def timeouts(self) -> Timeouts:
+    def timeouts(self) -> policy.Timeouts:
         """The client's `Timeouts` for these limits."""
-        return Timeouts(self.connect_s, self.first_token_s, self.idle_s, self.total_s)
+        return policy.Timeouts(self.connect_s, self.first_token_s, self.idle_s, self.total_s)
 
 
 class RetrySpec(_Model):
@@ -305,7 +301,7 @@ class SloSpec(_Model):
     e2e_ms: float | None = Field(None, gt=0)
 
 
-ConnectionPolicyField = Annotated[ConnectionPolicy, Field(description=POLICY_HELP)]
+ConnectionPolicyField = Annotated[policy.ConnectionPolicy, Field(description=policy.POLICY_HELP)]
 
 
 class Scenario(_Model):
@@ -323,7 +319,7 @@ class Scenario(_Model):
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
     slo: SloSpec = Field(default_factory=SloSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
-    connection: ConnectionPolicyField = DEFAULT_CONNECTION_POLICY
+    connection: ConnectionPolicyField = policy.DEFAULT_CONNECTION_POLICY
     seed: int = Field(0, description="seeds prompt order and lengths: same seed, same request sequence")
 
     @model_validator(mode="after")
