@@ -6,7 +6,7 @@ so the machine's noise falls on all of them alike:
 
   floor           a lean epoll client stamping reads with the kernel's receive time
                   (SO_TIMESTAMPNS): what the sim and the kernel themselves add, no Python client cost
-  harness         the real path: `python -m locust -f harness/locustfile.py --headless` (the harness's
+  harness         the real path: `python -m locust -f harness/locust/locustfile.py --headless` (the harness's
                   ChatUser and raw HTTP/1.1 client under gevent), figures read from its records.jsonl.
                   Locust starts floor(spawn rate) users at once every second, so with fixed lengths the
                   users of one batch stay in lock-step for the whole run
@@ -88,7 +88,7 @@ import random
 
 import gevent
 
-import harness.locust_users as hl
+import harness.locust.users as hl
 
 
 class StaggeredChatUser(hl.ChatUser):
@@ -423,7 +423,7 @@ class Bench:
         if client.startswith("harness"):
             scen = d / "scenario.yaml"
             scen.write_text(SCENARIO_YAML.format(tokens=tokens))
-            locustfile = ROOT / "harness" / "locustfile.py"
+            locustfile = ROOT / "harness" / "locust" / "locustfile.py"
             rate = max(1.0, users / a.ramp_s)
             if client == "harness-stagger":
                 locustfile = d / "staggered_locustfile.py"

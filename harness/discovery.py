@@ -10,12 +10,22 @@ import os
 import re
 import shutil
 import subprocess
-from urllib.parse import quote, urlsplit
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from harness.client import Connection, Timeouts
+from harness.flavours import alias_candidates, catalog_prefix, flavour
 from harness.hosts import HostInfo, normalize_base_url, root_url
 
-__all__ = ["alias_candidates", "discover_foundry_endpoints", "load_model", "loaded_models"]
+__all__ = [
+    "alias_candidates",
+    "default_models",
+    "dir_size_mb",
+    "discover_foundry_endpoints",
+    "find_model_folder",
+    "load_model",
+    "loaded_models",
+]
 
 _URL = re.compile(r"https?://[\w.\-\[\]:]+(?::\d+)?(?:/[\w./\-]*)?")
 
@@ -43,11 +53,11 @@ def discover_foundry_endpoints() -> list[str]:
 
 def loaded_models(info: HostInfo, *, timeout_s: float = 10.0) -> list[str] | None:
     """Models a Foundry host has loaded (None when the host cannot say)."""
-    path = {"foundry": "/models/loaded", "foundry-legacy": "/openai/loadedmodels"}.get(info.flavour)
+    path = flavour(info.flavour).loaded_path
     if path is None:
         return None
     # Local-catalog models are served under /catalogs/<name>/, their loaded list too.
-    path = _catalog_prefix(info.url) + path
+    path = catalog_prefix(info.url) + path
     import orjson
 
     conn = Connection(root_url(info.url), timeouts=Timeouts(timeout_s, timeout_s, timeout_s, timeout_s))
@@ -72,39 +82,16 @@ def loaded_models(info: HostInfo, *, timeout_s: float = 10.0) -> list[str] | Non
     )
 
 
-_VARIANT = re.compile(r"-(generic|cuda|trt|trtrtx|qnn|openvino|vitis|webgpu|dml)-(cpu|gpu|npu)$")
-
-
-def _catalog_prefix(url: str) -> str:
-    """`/catalogs/local` for local-catalog models (their endpoints live under it), else ''."""
-    prefix = urlsplit(url).path.rsplit("/v1", 1)[0]
-    return prefix if prefix.startswith("/catalogs/") else ""
-
-
-def alias_candidates(asked: str, resolved: str) -> list[str]:
-    """Names the current service may know a model by: it loads by alias only (an id with `:` is 404).
-    The alias is what the user asked when that has no version, else the id without its variant suffix."""
-    out = [] if ":" in asked else [asked]
-    name = resolved.split(":", 1)[0]
-    for candidate in (_VARIANT.sub("", name), name):
-        if candidate not in out:
-            out.append(candidate)
-    return out
-
-
 def load_model(info: HostInfo, asked: str, resolved: str, *, timeout_s: float = 600.0) -> tuple[bool, str]:
     """Ask a Foundry host to load a cached model; returns (ok, detail).
 
-    The current service loads by alias (`[/catalogs/<name>]/models/load/{alias}`); the legacy
-    service by id (`/openai/load/{id}?ttl=600`).
+    The paths come from the host's flavour (`harness.flavours`): the current service loads by alias
+    (`[/catalogs/<name>]/models/load/{alias}`), the legacy service by id (`/openai/load/{id}?ttl=600`).
     """
-    if info.flavour == "foundry":
-        prefix = _catalog_prefix(info.url)
-        paths = [f"{prefix}/models/load/{quote(a, safe='')}" for a in alias_candidates(asked, resolved)]
-    elif info.flavour == "foundry-legacy":
-        paths = [f"/openai/load/{quote(resolved, safe='')}?ttl=600"]
-    else:
+    load_paths = flavour(info.flavour).load_paths
+    if load_paths is None:
         return False, f"a {info.flavour} host has no load endpoint"
+    paths = load_paths(info.url, asked, resolved)
     detail = ""
     for path in paths:
         conn = Connection(root_url(info.url), timeouts=Timeouts(10.0, timeout_s, timeout_s, timeout_s))
@@ -118,3 +105,34 @@ def load_model(info: HostInfo, asked: str, resolved: str, *, timeout_s: float = 
         if status == 200:
             return True, detail
     return False, detail
+
+
+def dir_size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+def find_model_folder(cache: Path, model_id: str) -> Path | None:
+    """The folder of `model_id` in a Foundry model cache: the shallowest folder whose name is the id
+    (`:` as `-`) or its name without version, holding an ONNX Runtime GenAI model somewhere below."""
+    if not cache.is_dir():
+        return None
+    name = model_id.rpartition(":")[0] or model_id
+    wanted = {model_id.replace(":", "-").lower(), name.lower()}
+    for depth in range(1, 4):
+        for folder in sorted(cache.glob("/".join(["*"] * depth))):
+            if folder.is_dir() and folder.name.lower() in wanted and any(folder.rglob("genai_config.json")):
+                return folder
+    return None
+
+
+def default_models(info: HostInfo) -> tuple[list[str], str | None]:
+    """(models, why none) to use on a host when no model was named: what it has loaded (Foundry), else all it
+    lists; a Foundry host with nothing loaded lists its whole catalog, so nothing is guessed there."""
+    loaded = loaded_models(info)
+    if loaded:
+        return [m for m in loaded if m in info.models] or loaded, None
+    if flavour(info.flavour).can_load:
+        return [], f"host {info.url} has no model loaded and none was named: name models with --model"
+    if not info.models:
+        return [], f"host {info.url} lists no models"
+    return list(info.models), None

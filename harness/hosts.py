@@ -8,8 +8,10 @@ then CPU variants. Resolution is per host: two hosts may serve different variant
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,8 +19,18 @@ import orjson
 
 from harness.client import Connection, Timeouts
 from harness.errors import HostError
+from harness.flavours import FLAVOURS, OPENAI
 
-__all__ = ["HostInfo", "normalize_base_url", "probe_host", "resolve_model", "resolve_models", "root_url"]
+__all__ = [
+    "HostInfo",
+    "is_loopback",
+    "local_status",
+    "normalize_base_url",
+    "probe_host",
+    "resolve_model",
+    "resolve_models",
+    "root_url",
+]
 
 _DEVICE_RANK = (("npu", 0), ("gpu", 1), ("cuda", 1), ("webgpu", 1), ("dml", 1), ("trt", 1), ("cpu", 2))
 
@@ -27,7 +39,7 @@ _DEVICE_RANK = (("npu", 0), ("gpu", 1), ("cuda", 1), ("webgpu", 1), ("dml", 1), 
 class HostInfo:
     url: str
     flavour: str
-    """`foundry` (current web service), `foundry-legacy` (0.8 service), `sim`, or `openai` (other)."""
+    """A name of `harness.flavours.FLAVOURS` (`foundry`, `foundry-legacy`, `sim`, `openai`)."""
     models: list[str]
     status: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -48,6 +60,51 @@ def root_url(url: str) -> str:
     """`scheme://host:port` of a base URL: where a host's non-OpenAI endpoints (status, loading) live."""
     p = urlsplit(url)
     return f"{p.scheme}://{p.netloc}"
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (a host name, not a URL)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def local_status(url: str) -> tuple[int | None, Path | None]:
+    """(pid, modelCachePath) of a host on this machine, from its `/status` (Foundry Local's current
+    service and the simulated host answer it). The pid counts only if that process listens on the
+    URL's port: a pid from another machine or namespace must never be sampled."""
+    if not is_loopback(urlsplit(url).hostname or ""):
+        return None, None
+    conn = Connection(root_url(url), timeouts=Timeouts(5.0, 5.0, 5.0, 10.0))
+    try:
+        status, obj = _get_json(conn, "/status")
+    except OSError:
+        return None, None
+    finally:
+        conn.close()
+    if status != 200 or not isinstance(obj, dict):
+        return None, None
+    cache = obj.get("modelCachePath") or obj.get("ModelDirPath")
+    cache_path = Path(cache) if isinstance(cache, str) and cache else None
+    pid = obj.get("pid")
+    if not isinstance(pid, int) or not _listens(pid, urlsplit(url).port):
+        pid = None
+    return pid, cache_path
+
+
+def _listens(pid: int, port: int | None) -> bool:
+    import psutil
+
+    if port is None:
+        return False
+    try:
+        conns = psutil.Process(pid).net_connections(kind="inet")
+    except psutil.Error:
+        return False
+    return any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in conns)
 
 
 def _get_json(conn: Connection, path: str) -> tuple[int, Any]:
@@ -87,26 +144,19 @@ def probe_host(url: str, *, timeout_s: float = 5.0, api_key: str | None = None) 
 
 
 def _flavour(url: str, t: Timeouts, api_key: str | None) -> tuple[str, dict[str, Any] | None]:
+    """The first flavour of the registry whose status endpoint answers as that flavour's does."""
     root = Connection(root_url(url), policy="reuse", timeouts=t, api_key=api_key)
     try:
-        for path, kind in (
-            ("/sim/stats", "sim"),
-            ("/status", "foundry"),
-            ("/openai/status", "foundry-legacy"),
-        ):
-            try:
-                status, obj = _get_json(root, path)
-            except OSError:
-                return "openai", None
-            if status != 200 or not isinstance(obj, dict):
+        for f in FLAVOURS.values():
+            if f.status_path is None:
                 continue
-            if (
-                kind == "sim"
-                or (kind == "foundry" and "endpoints" in obj)
-                or (kind == "foundry-legacy" and "Endpoints" in obj)
-            ):
-                return kind, obj
-        return "openai", None
+            try:
+                status, obj = _get_json(root, f.status_path)
+            except OSError:
+                return OPENAI, None
+            if status == 200 and isinstance(obj, dict) and (f.status_key is None or f.status_key in obj):
+                return f.name, obj
+        return OPENAI, None
     finally:
         root.close()
 

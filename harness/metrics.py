@@ -1,12 +1,13 @@
 """Metrics: small pure functions of records and of arrays of record fields.
 
-Each function's docstring gives its formula (the definitions of docs `measurement.md`). A metric that
+Each function's docstring gives its formula; docs/metrics.md lists them all. A metric that
 does not apply (TPOT of a one-token answer, a throughput with no window, percentiles of nothing) is
 `None`, never an exception and never a made-up zero.
 
 Two kinds live here:
 - per request, from monotonic `perf_counter_ns` stamps (`ttft_ms`, `ttfb_ms`, `e2e_ms`, `tpot_ms`): what
-  the streaming client writes into each record;
+  each record holds; defined in `harness.request_metrics` (no numpy, so the Locust processes that
+  build records stay light) and re-exported here;
 - over many requests, from numpy arrays of record fields (`dist`, `itl_gaps_us`, `window_s`,
   throughputs, goodput, ...): what the report computes once per group over the merged raw records
   (never averaged across workers).
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from harness.request_metrics import e2e_ms, tpot_ms, ttfb_ms, ttft_ms
+
 __all__ = [
     "PERCENTILES",
     "SLO_KEYS",
@@ -31,6 +34,7 @@ __all__ = [
     "dist",
     "e2e_ms",
     "end_unix_ns",
+    "energy_per_1k_tokens",
     "error_rate",
     "events_per_read",
     "goodput_per_s",
@@ -58,42 +62,7 @@ PERCENTILES = (50, 90, 95, 99)
 SLO_KEYS = ("ttft_ms", "tpot_ms", "e2e_ms")
 
 
-# --- per request -------------------------------------------------------------------------------
-
-
-def ttft_ms(sent_ns: int, first_token_ns: int | None) -> float | None:
-    """Time to first token.
-
-    Formula: (t_first_token − t_send) / 1e6, t_first_token being the first event with non-empty
-    content, reasoning or tool call. None when no token arrived.
-    """
-    return None if first_token_ns is None else (first_token_ns - sent_ns) / 1e6
-
-
-def ttfb_ms(sent_ns: int, first_byte_ns: int | None) -> float | None:
-    """Time to first byte of the response.
-
-    Formula: (t_first_byte − t_send) / 1e6. None when no byte arrived.
-    """
-    return None if first_byte_ns is None else (first_byte_ns - sent_ns) / 1e6
-
-
-def e2e_ms(sent_ns: int, end_ns: int | None) -> float | None:
-    """End-to-end latency.
-
-    Formula: (t_end − t_send) / 1e6, t_end being the end of the response. None when it never ended.
-    """
-    return None if end_ns is None else (end_ns - sent_ns) / 1e6
-
-
-def tpot_ms(first_token_ns: int | None, last_token_ns: int | None, output_tokens: int | None) -> float | None:
-    """Time per output token after the first.
-
-    Formula: (t_last_token − t_first_token) / (output_tokens − 1) / 1e6; None for fewer than 2 tokens.
-    """
-    if first_token_ns is None or last_token_ns is None or output_tokens is None or output_tokens < 2:
-        return None
-    return (last_token_ns - first_token_ns) / (output_tokens - 1) / 1e6
+# --- per request: defined in `harness.request_metrics` (numpy-free, for the load generator) -----
 
 
 # --- distributions -----------------------------------------------------------------------------
@@ -328,3 +297,22 @@ def token_mismatch(from_usage: BoolArray, content_events: FloatArray, output_tok
     Formula: tokens_source = "usage" ∧ content_events ≠ output_tokens (`from_usage`: the first term).
     """
     return from_usage & (content_events != output_tokens)
+
+
+# --- energy and cost -----------------------------------------------------------------------------
+
+
+def energy_per_1k_tokens(
+    power_watts: float | None, tokens_per_s: float | None, price_per_kwh: float | None = None
+) -> tuple[float | None, float | None, float | None]:
+    """(joules, watt-hours, cost) per 1,000 output tokens at a constant power draw.
+
+    Formula: J/1k = W × 1000 / (output tokens/s); Wh/1k = J/1k / 3600; cost/1k = Wh/1k / 1000 × price
+    per kWh. None where power or speed is unknown (or speed is 0).
+    """
+    if power_watts is None or not tokens_per_s or tokens_per_s <= 0 or not math.isfinite(tokens_per_s):
+        return None, None, None
+    joules = power_watts * 1000.0 / tokens_per_s
+    wh = joules / 3600.0
+    cost = wh / 1000.0 * price_per_kwh if price_per_kwh is not None else None
+    return joules, wh, cost

@@ -8,8 +8,6 @@ and hands it to every Locust process; a plain `locust -f locustfiles/chat.py` bu
 from __future__ import annotations
 
 import os
-import secrets
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,28 +24,10 @@ __all__ = [
     "Target",
     "build_targets",
     "host_label",
-    "make_run_dir",
-    "new_run_id",
     "prompt_dicts",
     "read_api_key",
+    "resolve_target",
 ]
-
-
-def new_run_id(name: str) -> str:
-    """`20261125-153604-quickstart-3f9a`: sortable by start time, unique across machines."""
-    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{name}-{secrets.token_hex(2)}"
-
-
-def make_run_dir(out: Path, run_id: str) -> Path:
-    """Create `out/run_id` (absolute); an existing non-empty folder or an unwritable `out` is bad input."""
-    run_dir = (out / run_id).resolve()
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise InputError(f"--run-id {run_id}: run folder {run_dir} already exists; choose another id")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out {out}: cannot create run folder ({exc.strerror})") from None
-    return run_dir
 
 
 def prompt_dicts(scenario: Scenario, base_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -90,7 +70,7 @@ class Plan:
     targets: list[Target]
     prompts: list[dict[str, Any]]
     stages: list[dict[str, Any]] = field(default_factory=list)
-    """`harness.loadplan.Stage` fields of each stage, in order."""
+    """`harness.shapes.Stage` fields of each stage, in order."""
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -141,6 +121,39 @@ def _load_missing(info: HostInfo, resolved: dict[str, str]) -> None:
             raise HostError(f"host {info.url}: could not load model {model} ({detail})")
 
 
+def resolve_target(
+    url: str,
+    asked: list[str],
+    *,
+    label: str | None = None,
+    weight: float = 1.0,
+    embedded: str | None = None,
+    pid: int | None = None,
+    api_key_env: str | None = None,
+    api_key_file: str | None = None,
+    load_models: bool = False,
+) -> Target:
+    """Probe one host and resolve the models asked of it (loading them if `load_models`).
+    Raises HostError naming the host."""
+    url = normalize_base_url(url)
+    info = probe_host(url, api_key=read_api_key(api_key_env, api_key_file))
+    resolved = resolve_models(info, asked)
+    if load_models:
+        _load_missing(info, resolved)
+    return Target(
+        url=url,
+        label=label or host_label(url),
+        weight=weight,
+        models=list(dict.fromkeys(resolved.values())),
+        asked=resolved,
+        flavour=info.flavour,
+        embedded=embedded,
+        pid=pid,
+        api_key_env=api_key_env,
+        api_key_file=api_key_file,
+    )
+
+
 def build_targets(scenario: Scenario, urls: dict[int, tuple[str, str | None, int | None]]) -> list[Target]:
     """Probe every host of the scenario and resolve its models.
 
@@ -150,25 +163,17 @@ def build_targets(scenario: Scenario, urls: dict[int, tuple[str, str | None, int
     targets = []
     for i, spec in enumerate(scenario.hosts):
         url, embedded, pid = urls.get(i, (spec.url or "", None, None))
-        url = normalize_base_url(url)
-        key = read_api_key(spec.api_key_env, spec.api_key_file)
-        info = probe_host(url, api_key=key)
-        asked = spec.models if spec.models is not None else scenario.models
-        resolved = resolve_models(info, asked)
-        if spec.load_models:
-            _load_missing(info, resolved)
         targets.append(
-            Target(
-                url=url,
-                label=spec.name or host_label(url),
+            resolve_target(
+                url,
+                spec.models if spec.models is not None else scenario.models,
+                label=spec.name,
                 weight=spec.weight,
-                models=sorted(set(resolved.values()), key=list(resolved.values()).index),
-                asked=resolved,
-                flavour=info.flavour,
                 embedded=embedded,
                 pid=pid,
                 api_key_env=spec.api_key_env,
                 api_key_file=spec.api_key_file,
+                load_models=spec.load_models,
             )
         )
     labels = [t.label for t in targets]

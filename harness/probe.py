@@ -11,7 +11,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from harness.client import CONNECTION_POLICIES, Connection, Timeouts, chat_body
+from harness.client import CONNECTION_POLICIES, Connection, Timeouts
+from harness.send import Request, Sender
 
 __all__ = ["PolicyFigures", "format_probe", "probe_policies"]
 
@@ -43,35 +44,35 @@ def probe_policies(
 ) -> list[PolicyFigures]:
     """Send `requests` streams per policy (after one unmeasured request each) and summarise."""
     out = []
-    body = chat_body(
-        model, [{"role": "user", "content": "Count slowly."}], max_tokens=max_tokens, temperature=0
+    req = Request(
+        host=url,
+        model=model,
+        prompt_id="probe",
+        messages=[{"role": "user", "content": "Count slowly."}],
+        max_tokens=max_tokens,
+        temperature=0,
     )
+    sender = Sender("probe", lambda _rec: None)
     for policy in CONNECTION_POLICIES:
         conn = Connection(url, policy=policy, timeouts=timeouts, api_key=api_key)
         try:
-            conn.chat(body)  # opens the connection; keep-alive policies measure reused ones after it
-            results = [conn.chat(body) for _ in range(requests)]
+            sender.send(conn, req)  # opens the connection; keep-alive policies measure reused ones after it
+            results = [sender.send(conn, req) for _ in range(requests)]
         finally:
             conn.close()
-        ok = [r for r in results if r.ok and r.first_token_ns is not None]
+        ok = [r for r in results if r.ok and r.ttft_ms is not None]
         out.append(
             PolicyFigures(
                 policy=policy,
                 requests=len(results),
                 ok=len(ok),
-                ttfb_ms_p50=_median([(r.first_byte_ns - r.sent_ns) / 1e6 for r in ok if r.first_byte_ns]),
-                ttft_ms_p50=_median([(r.first_token_ns - r.sent_ns) / 1e6 for r in ok if r.first_token_ns]),
-                tpot_ms_p50=_median(
-                    [
-                        (r.last_token_ns - r.first_token_ns) / 1e6 / (r.content_events - 1)
-                        for r in ok
-                        if r.last_token_ns and r.first_token_ns and r.content_events > 1
-                    ]
-                ),
+                ttfb_ms_p50=_median([r.ttfb_ms for r in ok if r.ttfb_ms is not None]),
+                ttft_ms_p50=_median([r.ttft_ms for r in ok if r.ttft_ms is not None]),
+                tpot_ms_p50=_median([r.tpot_ms for r in ok if r.tpot_ms is not None]),
                 tokens_per_read_p50=_median(
                     [r.content_events / r.content_reads for r in ok if r.content_reads]
                 ),
-                connect_ms_p50=_median([r.connect_ns / 1e6 for r in ok if r.connect_ns is not None]),
+                connect_ms_p50=_median([r.connect_ms for r in ok if r.connect_ms is not None]),
             )
         )
     return out

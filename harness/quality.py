@@ -23,12 +23,16 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from harness.errors import HarnessError
+from harness.hosts import probe_host, resolve_model
+from harness.rundir import RunDir
 
 __all__ = [
     "JUDGE_API_KEY_ENV",
@@ -36,6 +40,7 @@ __all__ = [
     "JudgeOutcome",
     "ScoreSummary",
     "ScoringRow",
+    "ask_judge",
     "judge_messages",
     "judges_used",
     "parse_verdict",
@@ -43,6 +48,8 @@ __all__ = [
     "read_scoring_csv",
     "run_judge",
     "scoring_rows",
+    "scoring_rows_from_csv",
+    "write_answers",
     "write_scoring_csv",
 ]
 
@@ -438,3 +445,63 @@ def judges_used(path: Path) -> list[tuple[str, str]]:
         if isinstance(obj, dict):
             seen.setdefault((str(obj.get("judge_url")), str(obj.get("judge_model"))), None)
     return list(seen)
+
+
+def scoring_rows_from_csv(path: Path, prompts: dict[str, dict[str, Any]]) -> list[ScoringRow]:
+    """The answers of a run's scoring.csv, with their prompts and aspects (`prompts`: id -> the
+    prompt as a bench manifest holds it: messages, expected)."""
+    if not path.is_file():
+        return []
+    out = []
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    first = text.split("\n", 1)[0]
+    reader = csv.DictReader(io.StringIO(text), delimiter=";" if first.count(";") > first.count(",") else ",")
+    for raw in reader:
+        pid = raw.get("prompt_id") or ""
+        p = prompts.get(pid, {})
+        msgs = p.get("messages") or [{"content": ""}]
+        out.append(
+            ScoringRow(
+                run_id=raw.get("run_id") or "",
+                model=raw.get("model") or "",
+                host=raw.get("host") or "",
+                prompt_id=pid,
+                rounds=[int(x) for x in (raw.get("round") or "0").split() if x.isdigit()],
+                answer=raw.get("answer") or "",
+                expected=list(p.get("expected") or []),
+                prompt_text=str(msgs[-1].get("content", "")),
+            )
+        )
+    return out
+
+
+def ask_judge(
+    run_dir: Path, rows: list[ScoringRow], url: str, model: str, say: Callable[[str], None]
+) -> list[str]:
+    """Score answers with the judge model `model` at `url` (resolved there); a judge that cannot be reached costs a note, not the run."""
+    try:
+        info = probe_host(url)
+    except HarnessError as exc:
+        return [f"judge not asked: {exc}"]
+    judge_id = resolve_model(model, info.models) or model
+    say(f"asking the judge {judge_id} at {info.url} about {len(rows)} answer(s)")
+    outcome = run_judge(rows, RunDir(run_dir).judge, base_url=info.url, model=judge_id)
+    return outcome.problems
+
+
+def write_answers(
+    run_dir: Path, records: list[dict[str, Any]], prompts: Sequence[Any], stages: dict[tuple[str, str], str]
+) -> list[ScoringRow]:
+    """scoring.csv: the distinct answers to prompts with expected aspects, score column empty.
+    `prompts`: `harness.scenario.Prompt`s; `stages`: (host, model) -> the stage whose answers count."""
+    by_id = {
+        p.id: {
+            "expected": p.expected,
+            "text": (p.chat_messages()[-1]["content"] if p.chat_messages() else ""),
+        }
+        for p in prompts
+    }
+    rows = scoring_rows(records, by_id, stages=stages)
+    if rows:
+        write_scoring_csv(RunDir(run_dir).scoring, rows)
+    return rows

@@ -1,39 +1,39 @@
 """Per-request records: the one data type every later stage reads.
 
-A `Record` is one line of `records.jsonl` (see CONTRACT.md). Durations are measured with one
+A `Record` is one line of `records.jsonl`, and this class is the one place its fields are defined
+(meanings and formulas: docs/metrics.md). Durations are measured with one
 monotonic clock (`time.perf_counter_ns`) by the client and converted to milliseconds only here,
 at the edge; wall-clock fields (`*_unix_ns`) only place requests in time across workers.
 
-`Spool` is the append-only file each Locust process writes its records to as it goes, flushed at
-least every `flush_interval_s` so a crash loses at most that much.
+Where records are written (the run folder's `records.jsonl`, worker spools) is `harness.rundir`'s.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
 from harness.client.chat import ChatResult
+from harness.client.policy import DEFAULT_CONNECTION_POLICY
+from harness.request_metrics import dispatch_delay_ms, e2e_ms, event_offsets_us, tpot_ms, ttfb_ms, ttft_ms
 
 __all__ = [
     "ERROR_CATEGORIES",
     "REQUIRED_KEYS",
     "Record",
-    "Spool",
     "read_records",
     "record_from_result",
     "worker_id",
 ]
 
-#: Error categories of CONTRACT.md, in the order a request can meet them.
+#: Error categories of the `error` field, in the order a request can meet them.
 ERROR_CATEGORIES = (
     "connect",
     "timeout",
@@ -46,33 +46,6 @@ ERROR_CATEGORIES = (
     "stopped",
 )
 
-REQUIRED_KEYS = (
-    "run_id",
-    "worker",
-    "host",
-    "model",
-    "stage",
-    "prompt_id",
-    "warmup",
-    "ok",
-    "error",
-    "error_detail",
-    "http_status",
-    "sched_unix_ns",
-    "sent_unix_ns",
-    "dispatch_delay_ms",
-    "ttfb_ms",
-    "ttft_ms",
-    "e2e_ms",
-    "tpot_ms",
-    "event_offsets_us",
-    "input_tokens",
-    "output_tokens",
-    "tokens_source",
-    "finish_reason",
-    "users",
-)
-
 
 def worker_id() -> str:
     """`hostname:pid` of this process, as records name their sender."""
@@ -81,7 +54,7 @@ def worker_id() -> str:
 
 @dataclass(slots=True)
 class Record:
-    """One request that was sent, successful or not. Field meanings: CONTRACT.md."""
+    """One request that was sent, successful or not. Field meanings: docs/metrics.md."""
 
     run_id: str
     worker: str
@@ -112,8 +85,8 @@ class Record:
     """Per-worker sequence number: (worker, seq) identifies a record across spools and the master."""
     stream: bool = True
     max_tokens: int | None = None
-    connection: str = "reuse"
-    """Connection policy: `reuse`, `new` or `reuse-quickack`."""
+    connection: str = DEFAULT_CONNECTION_POLICY
+    """Connection policy: one of `harness.client.policy.CONNECTION_POLICIES`."""
     conn_reused: bool = False
     """True when the request went over a connection that had carried an earlier request."""
     connect_ms: float | None = None
@@ -139,55 +112,8 @@ class Record:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Record))
-
-
-class Spool:
-    """Append-only JSONL file of records, flushed at least every `flush_interval_s` seconds.
-
-    Thread- and greenlet-safe for `append`; the owner calls `maybe_flush()` often (cheap) or runs
-    `flush()` from a timer. Lines are written whole, so a crash can cut at most the last line.
-    """
-
-    def __init__(self, path: Path, *, flush_interval_s: float = 0.5) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[bytes] | None = open(path, "ab")  # noqa: SIM115 - lives as long as the spool
-        self._pending: list[bytes] = []
-        self._lock = threading.Lock()
-        self._interval_ns = int(flush_interval_s * 1e9)
-        self._last_flush_ns = time.monotonic_ns()
-        self.count = 0
-
-    def append(self, record: Record | dict[str, Any]) -> None:
-        self.append_line(record.to_json() if isinstance(record, Record) else orjson.dumps(record))
-
-    def append_line(self, line: bytes) -> None:
-        """Append one already serialised JSON line (without its newline)."""
-        with self._lock:
-            self._pending.append(line + b"\n")
-            self.count += 1
-        self.maybe_flush()
-
-    def maybe_flush(self) -> None:
-        if time.monotonic_ns() - self._last_flush_ns >= self._interval_ns:
-            self.flush()
-
-    def flush(self) -> None:
-        with self._lock:
-            self._last_flush_ns = time.monotonic_ns()
-            if not self._pending or self._fh is None:
-                return
-            data = b"".join(self._pending)
-            self._pending.clear()
-            self._fh.write(data)
-            self._fh.flush()
-
-    def close(self) -> None:
-        self.flush()
-        with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+#: The keys every line of records.jsonl has (the run folder's contract): the fields before `seq`.
+REQUIRED_KEYS: tuple[str, ...] = _FIELD_NAMES[: _FIELD_NAMES.index("seq")]
 
 
 def read_records(paths: Path | Iterable[Path]) -> tuple[list[dict[str, Any]], int]:
@@ -240,19 +166,16 @@ def record_from_result(
 ) -> Record:
     """Turn the client's nanosecond stamps into a record (milliseconds rounded to the microsecond).
 
-    Formulas (docs/metrics.md): ttft = first token - sent; e2e = end - sent;
-    tpot = (last token - first token) / (output_tokens - 1), None below 2 tokens;
-    dispatch delay = sent - scheduled (wall clock).
+    Every figure is a metric of `harness.request_metrics` (formulas: docs/metrics.md); a result with
+    no send stamp (never sent) has no durations.
     """
     sent = res.sent_ns
 
-    def ms(t: int | None) -> float | None:
-        return None if t is None or not sent else round((t - sent) / 1e6, 3)
+    def ms(value: float | None) -> float | None:
+        return None if value is None or not sent else round(value, 3)
 
     out_tokens = res.output_tokens
-    tpot = None
-    if res.first_token_ns is not None and res.last_token_ns is not None and out_tokens and out_tokens >= 2:
-        tpot = round((res.last_token_ns - res.first_token_ns) / (out_tokens - 1) / 1e6, 4)
+    tpot = tpot_ms(res.first_token_ns, res.last_token_ns, out_tokens)
     sent_unix = res.sent_unix_ns or time.time_ns()
     sched = sched_unix_ns if sched_unix_ns is not None else sent_unix
     return Record(
@@ -269,12 +192,12 @@ def record_from_result(
         http_status=res.http_status,
         sched_unix_ns=sched,
         sent_unix_ns=sent_unix,
-        dispatch_delay_ms=round((sent_unix - sched) / 1e6, 3),
-        ttfb_ms=ms(res.first_byte_ns),
-        ttft_ms=ms(res.first_token_ns),
-        e2e_ms=ms(res.end_ns),
-        tpot_ms=tpot,
-        event_offsets_us=[(t - sent) // 1000 for t in res.token_ns],
+        dispatch_delay_ms=round(dispatch_delay_ms(sched, sent_unix), 3),
+        ttfb_ms=ms(ttfb_ms(sent, res.first_byte_ns)),
+        ttft_ms=ms(ttft_ms(sent, res.first_token_ns)),
+        e2e_ms=ms(e2e_ms(sent, res.end_ns)),
+        tpot_ms=None if tpot is None else round(tpot, 4),
+        event_offsets_us=event_offsets_us(sent, res.token_ns),
         input_tokens=res.input_tokens,
         output_tokens=out_tokens,
         tokens_source=res.tokens_source,

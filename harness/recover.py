@@ -18,6 +18,8 @@ from pathlib import Path
 
 import msgspec
 
+from harness.rundir import RunDir
+
 __all__ = ["Recovery", "Scan", "recover_run", "scan_records", "spool_files"]
 
 
@@ -86,12 +88,12 @@ class Recovery:
 
 
 def spool_files(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "spool").glob("*.records.jsonl"))
+    return RunDir(run_dir).record_spools()
 
 
 def recover_run(run_dir: Path) -> Recovery:
     """Append to records.jsonl every spooled record it lacks (by worker and seq)."""
-    main_path = run_dir / "records.jsonl"
+    main_path = RunDir(run_dir).records
     seen: set[tuple[str, int]] = set()
     broken = 0
     ends_cleanly = True

@@ -9,10 +9,7 @@ the records already written stay on disk and the manifest says how the run ended
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import ipaddress
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -25,34 +22,34 @@ from typing import Any
 
 import orjson
 
-from harness import __version__
 from harness.errors import HarnessError, HostError, InputError
-from harness.loadplan import Stage, stages_for, total_duration
-from harness.plan import Plan, Target, build_targets, make_run_dir, new_run_id, prompt_dicts
-from harness.records import Spool
+from harness.hosts import is_loopback
+from harness.plan import Plan, Target, build_targets, prompt_dicts
 from harness.recover import recover_run, scan_records, spool_files
+from harness.rundir import RunDir, Spool, machine, make_run_dir, new_run_id, utc, versions, write_json
 from harness.scenario import HostSpec, Scenario
 from harness.servers.ready import ChildHost, start_child_host
+from harness.shapes import Stage, stages_for, total_duration
 from harness.warmup import run_warmup
 from harness.webauth import PASSWORD_ENV, USER_ENV
 
-__all__ = ["DEFAULT_EMBEDDED", "HostSampler", "RunOptions", "RunOutcome", "execute_run", "options_to_flags"]
+__all__ = [
+    "DEFAULT_EMBEDDED",
+    "HostSampler",
+    "RunOptions",
+    "RunOutcome",
+    "execute_run",
+    "log_tail",
+    "options_to_flags",
+    "sample_rss_now",
+]
 
 #: What `harness run` starts when the scenario names no host.
 DEFAULT_EMBEDDED = "foundry"
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-LOCUSTFILE_STAGED = Path(__file__).with_name("locustfile_staged.py")
+LOCUSTFILE = Path(__file__).parent / "locust" / "locustfile.py"
+LOCUSTFILE_STAGED = Path(__file__).parent / "locust" / "locustfile_staged.py"
 
 
 @dataclass
@@ -141,23 +138,6 @@ class HostSampler:
             self._thread.join(5)
 
 
-def _utc(t: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t if t is not None else time.time()))
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
-    tmp.replace(path)
-
-
 def _manifest(
     opts: RunOptions, run_id: str, started: float, targets: list[Target], extra: dict[str, Any]
 ) -> dict[str, Any]:
@@ -166,14 +146,9 @@ def _manifest(
         "run_id": run_id,
         "scenario_file": str(opts.scenario_path) if opts.scenario_path else None,
         "scenario": sc,
-        "versions": {
-            "harness": __version__,
-            "locust": _version("locust"),
-            "foundry-local-sdk": _version("foundry-local-sdk"),
-            "python": platform.python_version(),
-        },
-        "machine": {"hostname": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count()},
-        "started_utc": _utc(started),
+        "versions": versions("locust", "foundry-local-sdk"),
+        "machine": machine(),
+        "started_utc": utc(started),
         "hosts": [
             {
                 "url": t.url,
@@ -194,7 +169,26 @@ def _manifest(
     }
 
 
-def _locust_command(opts: RunOptions, plan_path: Path, run_dir: Path, stages: list[Stage]) -> list[str]:
+def sample_rss_now(path: Path, url: str, pid: int | None) -> None:
+    """One host memory sample now, beside the sampler's periodic ones: a model benched between two
+    ticks still gets its start and end sampled. One O_APPEND write, so lines never interleave."""
+    if pid is None:
+        return
+    import psutil
+
+    try:
+        rss = psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return
+    line = orjson.dumps({"host": url, "t_unix_ns": time.time_ns(), "rss_bytes": rss, "cpu_percent": None})
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line + b"\n")
+    finally:
+        os.close(fd)
+
+
+def _locust_command(opts: RunOptions, plan_path: Path, run_dir: RunDir, stages: list[Stage]) -> list[str]:
     load = opts.scenario.load
     cmd = [sys.executable, "-m", "locust"]
     if opts.web:
@@ -202,13 +196,13 @@ def _locust_command(opts: RunOptions, plan_path: Path, run_dir: Path, stages: li
         first = stages[0]
         cmd += ["-f", str(LOCUSTFILE), "--web-host", opts.web_host, "--web-port", str(opts.web_port)]
         cmd += ["-u", str(first.users), "-r", f"{first.spawn_rate:g}"]
-        if not _is_loopback(opts.web_host):
+        if not is_loopback(opts.web_host):
             cmd += ["--web-login"]
     else:
         cmd += ["-f", str(LOCUSTFILE_STAGED), "--headless", "--only-summary"]
-    cmd += ["--harness-plan", str(plan_path), "--run-dir", str(run_dir)]
+    cmd += ["--harness-plan", str(plan_path), "--run-dir", str(run_dir.path)]
     cmd += ["--stop-timeout", f"{load.stop_timeout:g}", "--exit-code-on-error", "0", "--loglevel", "WARNING"]
-    cmd += ["--csv", str(run_dir / "locust" / "locust"), "--html", str(run_dir / "locust" / "report.html")]
+    cmd += ["--csv", str(run_dir.locust_csv_prefix), "--html", str(run_dir.locust_html)]
     if opts.workers:
         # Local workers talk to their master over loopback, on a port of their own: two runs on
         # one machine must not meet on Locust's default 5557.
@@ -227,7 +221,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _log_tail(path: Path, lines: int = 3) -> str:
+def log_tail(path: Path, lines: int = 3) -> str:
     """The last lines of a log that say something, for a one-line problem report."""
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -290,7 +284,7 @@ def _run_locust(cmd: list[str], log_path: Path) -> int:
 
 def _locust_e2e_count(run_dir: Path) -> int | None:
     """Requests Locust counted on its E2E rows (one per request sent, failures included)."""
-    path = run_dir / "locust_counts.json"
+    path = RunDir(run_dir).locust_counts
     if not path.exists():
         return None
     counts = orjson.loads(path.read_bytes()).get("counts", {})
@@ -298,7 +292,7 @@ def _locust_e2e_count(run_dir: Path) -> int | None:
 
 
 def execute_run(opts: RunOptions) -> RunOutcome:
-    if opts.web and not _is_loopback(opts.web_host) and not os.environ.get(PASSWORD_ENV):
+    if opts.web and not is_loopback(opts.web_host) and not os.environ.get(PASSWORD_ENV):
         raise InputError(
             f"--web-host {opts.web_host}: a web UI reachable from other machines needs a login; "
             f"set {PASSWORD_ENV} (and optionally {USER_ENV})"
@@ -311,12 +305,13 @@ def execute_run(opts: RunOptions) -> RunOutcome:
     stages = stages_for(sc.load)
     run_id = opts.run_id or new_run_id(sc.name)
     run_dir = make_run_dir(opts.out, run_id)
+    rd = RunDir(run_dir)
     started = time.time()
     children: list[ChildHost] = []
     problems: list[str] = []
     targets: list[Target] = []
     sampler: HostSampler | None = None
-    manifest_path = run_dir / "manifest.json"
+    manifest_path = rd.manifest
     exit_code = 0
     report_wanted = opts.report
     stage = "starting hosts"
@@ -328,7 +323,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
                 child = start_child_host(
                     spec.embedded,
                     ["--port", "0", *options_to_flags(spec.options)],
-                    log_path=run_dir / "hosts" / f"{i}-{spec.embedded}.log",
+                    log_path=rd.host_log(i, spec.embedded),
                 )
                 children.append(child)
                 urls[i] = (child.base_url, spec.embedded, child.pid)
@@ -342,14 +337,14 @@ def execute_run(opts: RunOptions) -> RunOutcome:
             prompts=prompts,
             stages=[s.to_dict() for s in stages],
         )
-        plan_path = run_dir / "plan.json"
+        plan_path = rd.plan
         plan_path.write_bytes(plan.to_json())
-        _write_json(manifest_path, _manifest(opts, run_id, started, targets, {"state": "running"}))
-        sampler = HostSampler(run_dir / "host_metrics.jsonl", {t.url: t.pid for t in targets if t.pid})
+        write_json(manifest_path, _manifest(opts, run_id, started, targets, {"state": "running"}))
+        sampler = HostSampler(rd.host_metrics, {t.url: t.pid for t in targets if t.pid})
         sampler.start()
 
         stage = "warm-up"
-        spool = Spool(run_dir / "records.jsonl")
+        spool = Spool(rd.records)
         failed = run_warmup(plan, spool.append)
         spool.close()
         _check_warmup(plan, failed, sc.warmup.requests)
@@ -359,9 +354,9 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         sys.stderr.write(
             f"harness: {where}{_describe(stages)} against {', '.join(t.label for t in targets)} (run {run_id})\n"
         )
-        command = _locust_command(opts, plan_path, run_dir, stages)
+        command = _locust_command(opts, plan_path, rd, stages)
         load_started = time.monotonic()
-        code = _run_locust(command, run_dir / "locust" / "locust.log")
+        code = _run_locust(command, rd.locust_log)
         ran_s = time.monotonic() - load_started
         if code == 0 and not opts.web and ran_s < total_duration(stages) - 1.0:
             problems.append(
@@ -378,19 +373,19 @@ def execute_run(opts: RunOptions) -> RunOutcome:
             exit_code = 3
             report_wanted = False
         elif code != 0:
-            log_path = run_dir / "locust" / "locust.log"
-            problems.append(f"Locust exited with code {code}: {_log_tail(log_path)} (log: {log_path})")
+            log_path = rd.locust_log
+            problems.append(f"Locust exited with code {code}: {log_tail(log_path)} (log: {log_path})")
             exit_code = 3
     except HarnessError as exc:
         if stage in ("starting hosts", "probing hosts", "warm-up"):
-            _write_json(
+            write_json(
                 manifest_path,
                 _manifest(
                     opts,
                     run_id,
                     started,
                     targets,
-                    {"state": "failed", "error": str(exc), "ended_utc": _utc()},
+                    {"state": "failed", "error": str(exc), "ended_utc": utc()},
                 ),
             )
             raise
@@ -410,7 +405,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         problems.append(
             f"{recovery.added} record(s) recovered from worker spools that the master never received"
         )
-    scan = scan_records(run_dir / "records.jsonl")
+    scan = scan_records(rd.records)
     measured = scan.measured
     counted = _locust_e2e_count(run_dir)
     workers = [{"worker": w, "records": n} for w, n in sorted(scan.workers.items())]
@@ -423,7 +418,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         problems.append(f"records missing: Locust counted {counted} requests, records.jsonl holds {measured}")
         exit_code = max(exit_code, 3)
     for host, since_ns, n_failed in _hosts_down(scan.by_host):
-        when = _utc(since_ns / 1e9)
+        when = utc(since_ns / 1e9)
         problems.append(
             f"host {host} went down at {when}: its last {n_failed} requests failed to connect or were cut"
         )
@@ -438,7 +433,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         targets,
         {
             "state": "complete" if exit_code == 0 else "incomplete",
-            "ended_utc": _utc(ended),
+            "ended_utc": utc(ended),
             "duration_s": round(ended - started, 3),
             "workers": workers,
             "records": {"measured": measured, "warmup": scan.warmup, "locust_counted": counted},
@@ -446,7 +441,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
             "exit_code": exit_code,
         },
     )
-    _write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     table = _report(run_dir, report_wanted, problems)
     return RunOutcome(run_dir=run_dir, exit_code=exit_code, table=table, problems=problems)
 

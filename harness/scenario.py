@@ -15,7 +15,9 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.client import policy
 from harness.errors import InputError
+from harness.flavours import EMBEDDED_FLAVOURS
 
 __all__ = [
     "DEFAULT_PROMPTS",
@@ -112,8 +114,8 @@ class HostSpec(_Model):
     """A host to load: a base URL, or one the harness starts itself (`embedded`)."""
 
     url: str | None = Field(None, description="base URL, e.g. http://127.0.0.1:5273/v1")
-    embedded: Literal["sim", "foundry"] | None = Field(
-        None, description="start this kind of host for the run"
+    embedded: str | None = Field(
+        None, description=f"start this kind of host for the run: {' or '.join(EMBEDDED_FLAVOURS)}"
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
@@ -127,6 +129,13 @@ class HostSpec(_Model):
     )
     api_key_env: str | None = Field(None, description="environment variable holding this host's API key")
     api_key_file: str | None = Field(None, description="file holding this host's API key")
+
+    @field_validator("embedded")
+    @classmethod
+    def _embedded_flavour(cls, v: str | None) -> str | None:
+        if v is not None and v not in EMBEDDED_FLAVOURS:
+            raise ValueError(f"Input should be {' or '.join(repr(f) for f in EMBEDDED_FLAVOURS)}")
+        return v
 
     @model_validator(mode="after")
     def _one_kind(self) -> HostSpec:
@@ -260,10 +269,18 @@ class WarmupSpec(_Model):
 
 
 class TimeoutSpec(_Model):
-    connect_s: float = Field(10.0, gt=0)
-    first_token_s: float = Field(120.0, gt=0, description="headers and first token")
-    idle_s: float = Field(60.0, gt=0, description="longest gap between tokens (beyond: stall)")
-    total_s: float = Field(600.0, gt=0)
+    connect_s: float = Field(policy.DEFAULT_TIMEOUTS.connect_s, gt=0)
+    first_token_s: float = Field(
+        policy.DEFAULT_TIMEOUTS.first_token_s, gt=0, description="headers and first token"
+    )
+    idle_s: float = Field(
+        policy.DEFAULT_TIMEOUTS.idle_s, gt=0, description="longest gap between tokens (beyond: stall)"
+    )
+    total_s: float = Field(policy.DEFAULT_TIMEOUTS.total_s, gt=0)
+
+    def timeouts(self) -> policy.Timeouts:
+        """The client's `Timeouts` for these limits."""
+        return policy.Timeouts(self.connect_s, self.first_token_s, self.idle_s, self.total_s)
 
 
 class RetrySpec(_Model):
@@ -284,12 +301,7 @@ class SloSpec(_Model):
     e2e_ms: float | None = Field(None, gt=0)
 
 
-ConnectionPolicy = Annotated[
-    Literal["reuse", "new", "reuse-quickack"],
-    Field(
-        description="reuse: keep-alive; new: a connection per request; reuse-quickack: keep-alive + TCP_QUICKACK"
-    ),
-]
+ConnectionPolicyField = Annotated[policy.ConnectionPolicy, Field(description=policy.POLICY_HELP)]
 
 
 class Scenario(_Model):
@@ -307,7 +319,7 @@ class Scenario(_Model):
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
     slo: SloSpec = Field(default_factory=SloSpec)
     retry: RetrySpec = Field(default_factory=RetrySpec)
-    connection: ConnectionPolicy = "reuse-quickack"
+    connection: ConnectionPolicyField = policy.DEFAULT_CONNECTION_POLICY
     seed: int = Field(0, description="seeds prompt order and lengths: same seed, same request sequence")
 
     @model_validator(mode="after")

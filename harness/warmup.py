@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from harness.client import Connection, Timeouts, chat_body
+from harness.client import Connection
 from harness.plan import Plan, read_api_key
-from harness.records import Record, record_from_result, worker_id
+from harness.records import Record
+from harness.send import Request, Sender
 
 __all__ = ["run_warmup"]
 
@@ -25,11 +26,9 @@ def run_warmup(plan: Plan, emit: Callable[[Record], None], *, seq_start: int = 0
     prompts = plan.prompts
     mt = sc.request.max_tokens
     max_tokens = mt if isinstance(mt, int) else mt[0]
-    t = sc.timeouts
-    timeouts = Timeouts(t.connect_s, t.first_token_s, t.idle_s, t.total_s)
-    me = worker_id()
+    timeouts = sc.timeouts.timeouts()
+    sender = Sender(plan.run_id, emit, seq_start=seq_start)
     failed = []
-    seq = seq_start
     for target in plan.targets:
         conn = Connection(
             target.url,
@@ -41,33 +40,19 @@ def run_warmup(plan: Plan, emit: Callable[[Record], None], *, seq_start: int = 0
             for model in target.models:
                 for i in range(n):
                     prompt = prompts[i % len(prompts)]
-                    body = chat_body(
-                        model,
-                        prompt["messages"],
+                    req = Request(
+                        host=target.url,
+                        model=model,
+                        prompt_id=prompt["id"],
+                        messages=prompt["messages"],
                         max_tokens=prompt.get("max_tokens") or max_tokens,
                         temperature=sc.request.temperature,
                         stream=sc.request.stream,
-                        extra=sc.request.extra,
-                    )
-                    res = conn.chat(body, stream=sc.request.stream)
-                    rec = record_from_result(
-                        res,
-                        run_id=plan.run_id,
-                        worker=me,
-                        host=target.url,
-                        model=model,
+                        body_extra=sc.request.extra,
                         stage="warmup",
-                        prompt_id=prompt["id"],
                         warmup=True,
-                        sched_unix_ns=None,
-                        users=0,
-                        seq=seq,
-                        stream=sc.request.stream,
-                        max_tokens=prompt.get("max_tokens") or max_tokens,
-                        connection=sc.connection,
                     )
-                    seq += 1
-                    emit(rec)
+                    rec = sender.send(conn, req)
                     if not rec.ok:
                         failed.append(rec)
         finally:

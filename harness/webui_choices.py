@@ -1,6 +1,6 @@
 """The web UI's start-form texts for the scenario's choices: parsing and formatting, nothing else.
 
-`harness.webui` shows the choices in effect as Locust custom arguments (`--llm-hosts`, `--llm-models`,
+`harness.locust.webui` shows the choices in effect as Locust custom arguments (`--llm-hosts`, `--llm-models`,
 `--llm-max-tokens`, `--llm-prompts-file`) and reads them back here; kept apart from Locust (no gevent
 import) so that it is tested in plain Python.
 """

@@ -1,7 +1,7 @@
 """Live LLM figures for the web UI, from raw records: what the LLM tab and `/llm` show.
 
 Owns the arithmetic only (no Locust, no Flask, no gevent), so it is tested with hand-made records.
-`harness.webui` feeds it every measured record (through `harness.locust_users.RECORD_OBSERVERS`)
+`harness.locust.webui` feeds it every measured record (through `harness.locust.users.PROCESS.observers`)
 and asks it for a snapshot when the browser polls.
 
 Per (host, model), and over all of them:
@@ -309,7 +309,7 @@ class LiveFigures:
         self.observed = 0
 
     def observe(self, record: Mapping[str, Any]) -> None:
-        """Take one record (a dict with the keys of CONTRACT.md); warm-up records are ignored."""
+        """Take one record (a dict with the keys of `harness.records.Record`); warm-up records are ignored."""
         if record.get("warmup"):
             return
         sent_s = int(record["sent_unix_ns"]) / 1e9

@@ -1,6 +1,6 @@
 """The web UI's "report of the records so far": `python -m harness.webui_report RUN_DIR OUT_DIR`.
 
-Run as a child process by `harness.webui` (`/llm/report.html`), so the report's CPU work never
+Run as a child process by `harness.locust.webui` (`/llm/report.html`), so the report's CPU work never
 stalls the Locust process that is measuring. It copies a consistent snapshot of the live run folder
 (only the complete lines of `records.jsonl` and the other JSONL files, the manifest or, in a plain
 locust run without one, a manifest made from `plan.json`) and builds `OUT_DIR/report.html` from it
@@ -14,9 +14,11 @@ from pathlib import Path
 
 import orjson
 
+from harness.rundir import CLIENT_METRICS, HOST_METRICS, RECORDS, RunDir
+
 __all__ = ["main", "snapshot"]
 
-_JSONL = ("records.jsonl", "host_metrics.jsonl", "client_metrics.jsonl")
+_JSONL = (RECORDS, HOST_METRICS, CLIENT_METRICS)
 
 
 def _copy_complete_lines(src: Path, dst: Path) -> None:
@@ -41,11 +43,11 @@ def snapshot(run_dir: Path, into: Path) -> Path:
     for name in _JSONL:
         if (run_dir / name).is_file():
             _copy_complete_lines(run_dir / name, snap / name)
-    manifest = run_dir / "manifest.json"
-    if manifest.is_file():
-        (snap / "manifest.json").write_bytes(manifest.read_bytes())
-    elif (run_dir / "plan.json").is_file():
-        plan = orjson.loads((run_dir / "plan.json").read_bytes())
+    live, copy = RunDir(run_dir), RunDir(snap)
+    if live.manifest.is_file():
+        copy.manifest.write_bytes(live.manifest.read_bytes())
+    elif live.plan.is_file():
+        plan = orjson.loads(live.plan.read_bytes())
         made = {
             "run_id": plan.get("run_id"),
             "scenario": plan.get("scenario"),
@@ -60,7 +62,7 @@ def snapshot(run_dir: Path, into: Path) -> Path:
             ],
             "state": "running",
         }
-        (snap / "manifest.json").write_bytes(orjson.dumps(made))
+        copy.manifest.write_bytes(orjson.dumps(made))
     return snap
 
 

@@ -7,7 +7,7 @@ Hosts come from the scenario or from `--host`; records go to `results/<run id>/r
 before Locust starts, the run folder's manifest and the report.
 """
 
-from harness import webui  # noqa: F401  (the LLM tab, start-form choices and downloads)
-from harness.locust_users import ChatUser
+from harness.locust import webui  # noqa: F401  (the LLM tab, start-form choices and downloads)
+from harness.locust.users import ChatUser
 
 __all__ = ["ChatUser"]

@@ -19,20 +19,15 @@ import orjson
 import pytest
 from harness_helpers import REPO, harness, last_line, records, sim_host
 
-from harness.bench import (
-    DEFAULT_BENCH_PROMPTS,
-    _find_model_folder,
-    alias_of,
-    energy_per_1k_tokens,
-    load_models_file,
-    split_variant,
-)
+from harness.benchconfig import DEFAULT_BENCH_PROMPTS, alias_of, load_models_file, split_variant
 from harness.cli import build_parser
 from harness.commands.bench import config_from_args
+from harness.discovery import find_model_folder
 from harness.errors import InputError
+from harness.flavours import shipped_model_dir
+from harness.metrics import energy_per_1k_tokens
 from harness.quality import ScoreSummary, parse_verdict, read_judge, read_scoring_csv
 from harness.records import REQUIRED_KEYS
-from harness.servers.foundry import default_model_dir
 from harness.servers.ready import ChildHost, start_child_host
 
 FAST, SLOW = "fast-chat-generic-cpu:1", "slow-chat-generic-cpu:1"
@@ -162,10 +157,10 @@ def test_disk_footprint_finds_the_model_folder_in_a_foundry_cache(tmp_path: Path
     variant.mkdir(parents=True)
     (variant / "genai_config.json").write_text("{}")
     (tmp_path / "Microsoft" / "phi-4-mini-instruct-generic-cpu").mkdir()  # no model inside: not it
-    found = _find_model_folder(tmp_path, "qwen2.5-0.5b-instruct-generic-cpu:4")
+    found = find_model_folder(tmp_path, "qwen2.5-0.5b-instruct-generic-cpu:4")
     assert found == variant.parent
-    assert _find_model_folder(tmp_path, "phi-4-mini-instruct-generic-cpu:1") is None
-    assert _find_model_folder(tmp_path / "missing", "x:1") is None
+    assert find_model_folder(tmp_path, "phi-4-mini-instruct-generic-cpu:1") is None
+    assert find_model_folder(tmp_path / "missing", "x:1") is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,7 +651,7 @@ def test_foundry_and_sim_models_in_one_table(two_speed_sim: ChildHost, tmp_path:
         "--model",
         "no-such-model",
         "--model-dir",
-        str(default_model_dir()),
+        str(shipped_model_dir()),
         "--models-file",
         str(REPO / "scenarios" / "models.json"),
         "--rounds",
@@ -707,7 +702,7 @@ def test_two_local_models_of_different_sizes_on_embedded_foundry_hosts(tmp_path:
     proc = harness(
         "bench",
         "--model-dir",
-        str(default_model_dir()),
+        str(shipped_model_dir()),
         "--model-dir",
         str(SMALL_CHAT),
         "--model",

@@ -8,8 +8,8 @@ import statistics
 import pytest
 
 from harness.errors import InputError
-from harness.loadplan import Arrivals, stage_at, stages_for, total_duration
 from harness.scenario import load_scenario
+from harness.shapes import Arrivals, stage_at, stages_for, total_duration
 
 
 def load(**load: object):  # type: ignore[no-untyped-def]

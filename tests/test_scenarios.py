@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.loadplan import stages_for
 from harness.plan import prompt_dicts
 from harness.scenario import load_scenario
+from harness.shapes import stages_for
 
 SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
 

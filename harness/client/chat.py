@@ -30,11 +30,12 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
+from harness.client.policy import CONNECTION_POLICIES, DEFAULT_CONNECTION_POLICY, Timeouts
 from harness.client.sse import ChunkedDecoder, ProtocolError, SSEParser
 
 __all__ = [
@@ -44,9 +45,6 @@ __all__ = [
     "Timeouts",
     "chat_body",
 ]
-
-ConnectionPolicy = Literal["reuse", "new", "reuse-quickack"]
-CONNECTION_POLICIES: tuple[str, ...] = ("reuse", "new", "reuse-quickack")
 
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 # Linux: the kernel stamps each received packet (SO_TIMESTAMPNS); read with recvmsg, the stamp says
@@ -64,17 +62,6 @@ _SCM_TIMESTAMPNS: int | None = getattr(socket, "SCM_TIMESTAMPNS", _SO_TIMESTAMPN
 _ANC_SIZE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
 _RECV_SIZE = 65536
 _MAX_ERROR_BODY = 65536
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Per-request limits, seconds. `first_token_s` covers headers and the wait for the first token;
-    `idle_s` is the longest gap between reads once tokens flow (beyond it: `stall`)."""
-
-    connect_s: float = 10.0
-    first_token_s: float = 120.0
-    idle_s: float = 60.0
-    total_s: float = 600.0
 
 
 @dataclass(slots=True)
@@ -168,7 +155,7 @@ class Connection:
         self,
         base_url: str,
         *,
-        policy: str = "reuse",
+        policy: str = DEFAULT_CONNECTION_POLICY,
         timeouts: Timeouts | None = None,
         api_key: str | None = None,
         headers: dict[str, str] | None = None,

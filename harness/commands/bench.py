@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from harness.client.policy import CONNECTION_POLICIES, DEFAULT_CONNECTION_POLICY
 from harness.errors import InputError
 
 __all__ = ["add_parser", "config_from_args"]
@@ -85,9 +86,9 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--concurrency", metavar="LIST", default="1", help="e.g. 1 or 1,4 (default 1)")
     g.add_argument(
         "--connection",
-        choices=["reuse", "new", "reuse-quickack"],
-        default="reuse-quickack",
-        help="connection policy (default reuse-quickack: the server's own timing)",
+        choices=CONNECTION_POLICIES,
+        default=DEFAULT_CONNECTION_POLICY,
+        help=f"connection policy (default {DEFAULT_CONNECTION_POLICY}: the server's own timing)",
     )
     g = p.add_argument_group("cost and quality")
     g.add_argument("--power-watts", type=float, metavar="W", help="power draw for energy per 1,000 tokens")
@@ -142,7 +143,7 @@ def _concurrency(text: str) -> list[int]:
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Any:
     """A `BenchConfig` from options, then the workshop's BENCH_* variables, then defaults."""
-    from harness.bench import DEFAULT_MAX_TOKENS, DEFAULT_ROUNDS, MODES, BenchConfig, load_models_file
+    from harness.benchconfig import DEFAULT_MAX_TOKENS, DEFAULT_ROUNDS, MODES, BenchConfig, load_models_file
     from harness.scenario import Prompt, load_prompts_file
 
     env = os.environ if env is None else env

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.client.policy import CONNECTION_POLICIES, POLICY_HELP
 from harness.errors import InputError
 from harness.scenario import load_scenario
 
@@ -27,7 +28,7 @@ def add_parser(sub: Any) -> None:
         help="host base URL (repeatable; replaces the scenario's hosts)",
     )
     g.add_argument("--model", action="append", metavar="NAME", help="model id or alias (repeatable)")
-    g.add_argument("--connection", choices=["reuse", "new", "reuse-quickack"], help="connection policy")
+    g.add_argument("--connection", choices=CONNECTION_POLICIES, help=f"connection policy ({POLICY_HELP})")
     g.add_argument("--max-tokens", type=int, metavar="N", help="output tokens per request")
     g = p.add_argument_group("how much load")
     g.add_argument("--users", type=int, metavar="N", help="concurrent users")

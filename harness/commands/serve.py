@@ -10,12 +10,12 @@ import argparse
 import importlib
 from typing import Any
 
+from harness.flavours import FLAVOURS
+
 __all__ = ["add_parser"]
 
-SERVERS = {
-    "sim": ("harness.servers.sim", "simulated OpenAI-compatible host with known timing and faults on demand"),
-    "foundry": ("harness.servers.foundry", "a real Foundry Local host in this process (foundry-local-sdk)"),
-}
+#: Embedded flavours (harness.flavours): name -> (server module, help).
+SERVERS = {f.name: (f.server, f.description) for f in FLAVOURS.values() if f.server}
 
 
 def add_parser(sub: Any) -> None:

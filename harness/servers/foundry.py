@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.resources
 import logging
 import os
 import re
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError, HostError, InputError
+from harness.flavours import SHIPPED_MODEL, model_id_for, shipped_model_dir
 from harness.servers.ready import ChildHost, install_stop_handlers, print_ready, start_child_host
 
 __all__ = [
@@ -63,29 +63,13 @@ CATALOG_PATH = "/asset-gallery/v1.0/models"
 CATALOG_EMPTY = b'{"value": [], "continuationToken": null}'
 LOCAL_PREFIX = "/catalogs/local/v1"
 PUBLIC_PREFIX = "/v1"
-DEFAULT_MODEL_DIR = "tiny-chat"
+DEFAULT_MODEL_DIR = SHIPPED_MODEL
+default_model_dir = shipped_model_dir
 #: Where catalog models are cached when `--alias` is used (the Foundry Local CLI's cache).
 DEFAULT_ALIAS_CACHE = Path.home() / ".foundry" / "cache" / "models"
 APP_NAME = "llm-load-harness"
 
 log = logging.getLogger("harness.servers.foundry")
-
-
-def default_model_dir() -> Path:
-    """The tiny chat model shipped as package data (`harness/models/tiny-chat`)."""
-    res = importlib.resources.files("harness").joinpath("models", DEFAULT_MODEL_DIR)
-    path = Path(str(res))
-    if not path.is_dir():  # e.g. a zipped install; the source tree layout is the fallback
-        path = Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_DIR
-    return path
-
-
-def model_id_for(model_dir: Path) -> str:
-    """Foundry variant id derived from a folder name: `tiny-chat` -> `tiny-chat-generic-cpu:1`."""
-    name = re.sub(r"[^a-z0-9.-]+", "-", model_dir.resolve().name.lower()).strip("-.") or "model"
-    if not name.endswith("-cpu"):
-        name += "-generic-cpu"
-    return f"{name}:1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

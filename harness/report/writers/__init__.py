@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.report.builder import ReportContext
-from harness.report.writers import csv_tables, html_page, json_summary, markdown
+from harness.report.writers import bench, csv_tables, html_page, json_summary, markdown
 
 __all__ = ["WRITERS", "Writer"]
 
@@ -19,4 +19,5 @@ WRITERS: dict[str, Writer] = {
     "csv": csv_tables.write,
     "html": html_page.write,
     "json": json_summary.write,
+    "bench": bench.write,
 }

@@ -7,7 +7,7 @@ Owns, through Locust's supported extension points (listeners on `init`, `test_st
   `extended_stats`): per host and model, TTFT p50/p95, TPOT p50, output tokens/s, requests in
   flight, errors by category and text charts of tokens/s and TTFT p95, "now" (a sliding window)
   and since start. `harness.webui_figures` computes them from the raw records it receives through
-  `harness.locust_users.RECORD_OBSERVERS` (the single process, or the master) — never from
+  `harness.locust.users.PROCESS.observers` (the single process, or the master) — never from
   Locust's rounded histograms;
 - routes `/llm` (the same figures with SVG charts), `/llm/stats.json`, `/llm/records.jsonl` (the
   run folder's records so far) and `/llm/report.html` (the report of the records so far, built by
@@ -45,10 +45,11 @@ from locust.env import Environment
 from locust.runners import STATE_MISSING, STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 from pydantic import ValidationError
 
-from harness import locust_users
 from harness.errors import HarnessError, InputError
-from harness.hosts import normalize_base_url, probe_host, resolve_models
-from harness.plan import Plan, Target, host_label, prompt_dicts, read_api_key
+from harness.hosts import normalize_base_url
+from harness.locust.users import PROCESS
+from harness.plan import Plan, Target, host_label, prompt_dicts, resolve_target
+from harness.rundir import RunDir
 from harness.scenario import Scenario
 from harness.webui_choices import Choices, format_max_tokens, format_models, models_by_host, parse_max_tokens
 from harness.webui_figures import ALL, LiveFigures, table_rows, table_structure
@@ -66,7 +67,7 @@ INFLIGHT_STALE_S = 10.0
 WORKER_REPORT_INTERVAL_S = 3.0
 
 OPTIONS = ("llm_hosts", "llm_models", "llm_max_tokens", "llm_prompts_file")
-ASSETS = Path(__file__).with_name("assets") / "webui"
+ASSETS = Path(__file__).parent.parent / "assets" / "webui"
 
 
 # --- the scenario's choices ----------------------------------------------------------------
@@ -176,7 +177,7 @@ def _desired(plan: Plan, values: Mapping[str, str]) -> Choices:
 def _apply(environment: Environment, values: Mapping[str, str]) -> bool:
     """Bring the plan to the choices in `values`; True if it changed. Raises HarnessError (one line)
     and leaves the plan as it was when a choice is bad (unknown model, unreachable host, ...)."""
-    plan = locust_users._plan_of(environment)
+    plan = PROCESS.plan_of(environment)
     desired = _desired(plan, values)
     if desired == _web.applied:
         return False
@@ -202,7 +203,7 @@ def _apply(environment: Environment, values: Mapping[str, str]) -> bool:
     plan.prompts[:] = prompts
     plan.scenario.clear()
     plan.scenario.update(sc.model_dump(mode="json"))
-    _refresh_state(plan)
+    PROCESS.refresh(plan)
     opts = environment.parsed_options
     if opts is not None:
         opts.harness_plan_json = plan.to_json().decode()
@@ -227,17 +228,12 @@ def _targets(plan: Plan, desired: Choices) -> list[Target]:
         if old is not None and (tuple(old.asked) == asked or (not asked and old.asked)):
             out.append(old)
             continue
-        key = read_api_key(old.api_key_env, old.api_key_file) if old else None
-        info = probe_host(url, api_key=key)
-        resolved = resolve_models(info, list(asked))
         out.append(
-            Target(
-                url=url,
-                label=old.label if old else host_label(url),
+            resolve_target(
+                url,
+                list(asked),
+                label=old.label if old else None,
                 weight=old.weight if old else 1.0,
-                models=list(dict.fromkeys(resolved.values())),
-                asked=resolved,
-                flavour=info.flavour,
                 embedded=old.embedded if old else None,
                 pid=old.pid if old else None,
                 api_key_env=old.api_key_env if old else None,
@@ -255,16 +251,6 @@ def _show_hosts(environment: Environment, plan: Plan) -> None:
     """Locust's own host (its header, its Host field) shows the plan's hosts. The users never read
     it: hosts come from the plan, and the start form changes them with `llm_hosts`."""
     environment.host = ", ".join(t.url for t in plan.targets)
-
-
-def _refresh_state(plan: Plan) -> None:
-    """The per-process state caches what it derives from the plan: derive it again."""
-    st = locust_users._state
-    if st is None:
-        return
-    st.scenario = plan.scenario_obj()
-    st.keys = {i: read_api_key(t.api_key_env, t.api_key_file) for i, t in enumerate(plan.targets)}
-    st._swrr = [0.0] * len(plan.targets)
 
 
 def _set_form_defaults(plan: Plan, applied: Choices) -> None:
@@ -292,7 +278,7 @@ def _log_change(plan: Plan, applied: Choices) -> None:
         len(plan.prompts),
         f" from {applied.prompts_file}" if applied.prompts_file else "",
     )
-    with contextlib.suppress(OSError), open(Path(plan.run_dir) / "webui_changes.jsonl", "ab") as fh:
+    with contextlib.suppress(OSError), open(RunDir(Path(plan.run_dir)).webui_changes, "ab") as fh:
         fh.write(orjson.dumps(change) + b"\n")
 
 
@@ -303,7 +289,7 @@ def _sync_worker_plan(environment: Environment) -> None:
     if not text or text == _web.synced_plan_json:
         return
     _web.synced_plan_json = text
-    plan = locust_users._plan
+    plan = PROCESS.plan
     if plan is None:
         return  # built lazily from this very text
     new = Plan.from_json(text)
@@ -311,20 +297,15 @@ def _sync_worker_plan(environment: Environment) -> None:
     plan.prompts[:] = new.prompts
     plan.scenario.clear()
     plan.scenario.update(new.scenario)
-    _refresh_state(plan)
+    PROCESS.refresh(plan)
 
 
 # --- requests in flight --------------------------------------------------------------------
 def _local_inflight(environment: Environment) -> Counter[tuple[str, str]]:
     """Requests in flight in this process, per (host, model) from the users' own counter; the
     total under ALL."""
-    counts: Counter[tuple[str, str]] = Counter()
-    st = locust_users._state
-    if st is None:
-        counts[ALL] = 0
-        return counts
-    counts.update({k: v for k, v in st.inflight_by.items() if v})
-    counts[ALL] = st.inflight
+    total, counts = PROCESS.inflight()
+    counts[ALL] = total
     return counts
 
 
@@ -364,8 +345,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
             _report_inflight(environment, data)
 
         return
-    # locust_users' own init listener (registered before this one) has built the plan or exited.
-    plan = locust_users._plan_of(environment)
+    # harness.locust.users' own init listener (registered before this one) has built the plan or exited.
+    plan = PROCESS.plan_of(environment)
     _web.initial = _web.applied = _choices_of_plan(plan)
     _web.initial_targets = copy.deepcopy(plan.targets)
     _web.initial_prompts = copy.deepcopy(plan.prompts)
@@ -394,8 +375,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
         return
     _web.figures = LiveFigures(lag_s=WORKER_REPORT_INTERVAL_S if isinstance(runner, MasterRunner) else 0.0)
     _web.figures.labels = {t.url: t.label for t in plan.targets}
-    if _observe not in locust_users.RECORD_OBSERVERS:
-        locust_users.RECORD_OBSERVERS.append(_observe)
+    if _observe not in PROCESS.observers:
+        PROCESS.observers.append(_observe)
 
     @environment.events.reset_stats.add_listener
     def _on_reset() -> None:
@@ -421,7 +402,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         if opts is not None:
             for k, v in _web.form_defaults.items():
                 setattr(opts, k, v)
-        _show_hosts(environment, locust_users._plan_of(environment))
+        _show_hosts(environment, PROCESS.plan_of(environment))
     else:
         try:
             _apply(environment, _option_values(environment))
@@ -534,7 +515,7 @@ def _install_web_ui(environment: Environment, plan: Plan) -> None:
 
     @route("/llm/records.jsonl")
     def llm_records() -> Response:
-        path = Path(plan.run_dir) / "records.jsonl"
+        path = RunDir(Path(plan.run_dir)).records
         if not path.is_file():
             return make_response("no records yet: records.jsonl appears when the first request ends\n", 404)
         resp = Response(_complete_lines(path, path.stat().st_size), mimetype="application/x-ndjson")
@@ -576,7 +557,7 @@ def _report_html(environment: Environment, plan: Plan) -> bytes:
     figures as a small page when the report cannot be built."""
     run_dir = Path(plan.run_dir)
     problem = ""
-    if not (run_dir / "records.jsonl").is_file():
+    if not RunDir(run_dir).records.is_file():
         problem = "no records yet"
     elif importlib.util.find_spec("harness.report.builder") is None:
         problem = "harness.report is not installed here"

@@ -11,9 +11,10 @@ from pathlib import Path
 from locust.env import Environment
 
 from harness.errors import InputError
-from harness.loadplan import stages_for
-from harness.plan import Plan, build_targets, new_run_id, prompt_dicts
+from harness.plan import Plan, build_targets, prompt_dicts
+from harness.rundir import RunDir, new_run_id
 from harness.scenario import HostSpec, load_scenario
+from harness.shapes import stages_for
 
 __all__ = ["plan_for_plain_locust"]
 
@@ -45,5 +46,5 @@ def plan_for_plain_locust(environment: Environment) -> Plan:
         prompts=prompt_dicts(scenario, path.parent if path else None),
         stages=[s.to_dict() for s in stages_for(scenario.load)],
     )
-    (run_dir / "plan.json").write_bytes(plan.to_json())
+    RunDir(run_dir).plan.write_bytes(plan.to_json())
     return plan

@@ -10,7 +10,7 @@ import time
 
 from locust import LoadTestShape
 
-from harness.loadplan import Stage, stage_at
+from harness.shapes import Stage, stage_at
 
 __all__ = ["StagesShape"]
 
@@ -25,13 +25,13 @@ class StagesShape(LoadTestShape):
     _stages: list[Stage] | None = None
 
     def tick(self) -> tuple[int, float] | None:
-        from harness.locust_users import _option, _plan_of
+        from harness.locust.users import PROCESS, option
 
         assert self.runner is not None
         env = self.runner.environment
         if self._stages is None:
-            self._stages = [Stage(**s) for s in _plan_of(env).stages]
-        t0 = _option(env, "harness_t0")
+            self._stages = [Stage(**s) for s in PROCESS.plan_of(env).stages]
+        t0 = option(env, "harness_t0")
         if not t0:  # the first tick comes before test start
             st: Stage | None = self._stages[0]
         else:

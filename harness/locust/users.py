@@ -5,9 +5,11 @@ Thin on purpose: a user picks a prompt and a model, hands the request to the str
 (`TTFT`, `TPOT`, `E2E`; never one per token) so the web UI shows live figures. A failure fires one
 `E2E` failure, so Locust's `E2E` request count equals the number of records.
 
-Per process, a `_Harness` state (plan, sinks, stage clock, arrivals, self-monitoring) is made
-lazily on first use: after `--processes` forks, and on workers after the master's spawn message
-has brought the plan, the start time and the worker list.
+Per process, one `HarnessProcess` (`PROCESS`) holds all state: the plan (built on first use), the
+master's sinks, and the `UserState` of a process that runs users (sinks, stage clock, arrivals,
+self-monitoring), made lazily after `--processes` forks, and on workers after the master's spawn
+message has brought the plan, the start time and the worker list. The web UI uses only its public
+methods (`plan_of`, `option`, `refresh`, `inflight`, `observers`).
 
 Where records go: a single process appends to `RUN_DIR/records.jsonl`; a worker appends to its own
 spool `RUN_DIR/spool/<host>-<pid>.jsonl` and sends new records with each stats report
@@ -38,18 +40,16 @@ from locust.env import Environment
 from locust.rpc import Message
 from locust.runners import STATE_MISSING, STATE_STOPPED, MasterRunner, WorkerRunner
 
-from harness import weblogin  # noqa: F401  (registers the web UI login)
-from harness.client import ChatResult, Connection, Timeouts, chat_body
+from harness.client import ChatResult, Connection
 from harness.errors import HarnessError
-from harness.loadplan import Arrivals, Stage, stage_at
+from harness.locust import weblogin  # noqa: F401  (registers the web UI login)
 from harness.plan import Plan, read_api_key
-from harness.records import Record, Spool, record_from_result, worker_id
+from harness.records import Record, worker_id
+from harness.rundir import RunDir, Spool
+from harness.send import Request, Sender
+from harness.shapes import Arrivals, Stage, stage_at
 
-__all__ = ["RECORD_OBSERVERS", "ChatUser"]
-
-#: Called with every measured record (as a dict) in the process that sees them all: the single
-#: process of a local run, or the master. The web UI's live LLM figures subscribe here.
-RECORD_OBSERVERS: list[Callable[[dict[str, Any]], None]] = []
+__all__ = ["PROCESS", "RECORD_OBSERVERS", "ChatUser", "HarnessProcess", "UserState"]
 
 log = logging.getLogger("harness")
 
@@ -70,41 +70,8 @@ def _add_arguments(parser: Any) -> None:
         parser.add_argument(hidden, default="", help=argparse.SUPPRESS, include_in_web_ui=False)
 
 
-# --- per-process state ---------------------------------------------------------------------
-_env: Environment | None = None
-_plan: Plan | None = None
-_state: _Harness | None = None
-_master_records: Spool | None = None
-_master_client: Spool | None = None
-_master_counts: dict[str, int] = {}
-#: Workers whose report since the master's `quit` came after their users had stopped: it carried
-#: their last records.
-_master_final: set[str] = set()
-
-
-def _option(environment: Environment, name: str) -> str:
-    opts = environment.parsed_options
-    return str(vars(opts).get(name) or "") if opts is not None else ""
-
-
-def _plan_of(environment: Environment) -> Plan:
-    """The plan of this run, built once per process: from `harness run` (a path; inline JSON on
-    workers), else from `--scenario`/`--host` for a plain locust run."""
-    global _plan
-    if _plan is None:
-        if text := _option(environment, "harness_plan_json"):
-            _plan = Plan.from_json(text)
-        elif path := _option(environment, "harness_plan"):
-            _plan = Plan.from_json(Path(path).read_bytes())
-        else:
-            from harness.standalone import plan_for_plain_locust
-
-            _plan = plan_for_plain_locust(environment)
-    return _plan
-
-
-class _Harness:
-    """Per-process state of a process that runs users."""
+class UserState:
+    """The state of a process that runs users: sinks, stage clock, arrivals, self-monitoring."""
 
     def __init__(self, environment: Environment, plan: Plan) -> None:
         self.env = environment
@@ -112,7 +79,14 @@ class _Harness:
         self.scenario = plan.scenario_obj()
         self.stages = [Stage(**s) for s in plan.stages]
         self.worker = worker_id()
-        self.seq = 0
+        self.labels = {t.url: t.label for t in plan.targets}
+        self.sender = Sender(
+            plan.run_id,
+            self.emit,
+            worker=self.worker,
+            stop=GreenletExit,
+            stop_detail="run stopped while the request was in flight",
+        )
         self.inflight = 0
         self.kernel_stamps: bool | None = None
         """Whether this process's reads carry kernel receive stamps (then a late event loop does not
@@ -121,22 +95,21 @@ class _Harness:
         """Requests in flight per (host URL, model), for the web UI's live figures."""
         self.user_index = 0
         self._swrr = [0.0] * len(plan.targets)
-        self.t0_unix_ns = int(_option(environment, "harness_t0") or time.time_ns())
+        self.t0_unix_ns = int(option(environment, "harness_t0") or time.time_ns())
         run_dir = Path(plan.run_dir)
         if not run_dir.is_dir():  # a worker on another machine: spool locally
             run_dir = Path("results") / plan.run_id
         self.is_worker = isinstance(environment.runner, WorkerRunner)
-        me = self.worker.replace(":", "-")
+        rd = RunDir(run_dir)
         if self.is_worker:
-            self.records = Spool(run_dir / "spool" / f"{me}.records.jsonl")
-            self.client_metrics = Spool(run_dir / "spool" / f"{me}.client.jsonl")
+            records_path, client_path = rd.worker_spools(self.worker)
         else:
-            self.records = Spool(run_dir / "records.jsonl")
-            self.client_metrics = Spool(run_dir / "client_metrics.jsonl")
+            records_path, client_path = rd.records, rd.client_metrics
+        self.records = Spool(records_path)
+        self.client_metrics = Spool(client_path)
         self.unsent: list[bytes] = []
         self.unsent_metrics: list[bytes] = []
-        t = self.scenario.timeouts
-        self.timeouts = Timeouts(t.connect_s, t.first_token_s, t.idle_s, t.total_s)
+        self.timeouts = self.scenario.timeouts.timeouts()
         self.keys = {i: read_api_key(tg.api_key_env, tg.api_key_file) for i, tg in enumerate(plan.targets)}
         self.worker_index = self._worker_slot(environment)[0]
         self.arrivals = self._arrivals(environment)
@@ -144,7 +117,7 @@ class _Harness:
 
     def _worker_slot(self, environment: Environment) -> tuple[int, int]:
         """(index, count) of this process among the run's workers; (0, 1) when it runs alone."""
-        workers = [w for w in _option(environment, "harness_workers").split(",") if w]
+        workers = [w for w in option(environment, "harness_workers").split(",") if w]
         me = getattr(environment.runner, "client_id", "") if self.is_worker else ""
         return (workers.index(me), len(workers)) if me in workers else (0, 1)
 
@@ -175,12 +148,37 @@ class _Harness:
 
     # --- outputs
     def emit(self, rec: Record) -> None:
+        """Spool a measured record (and queue it for the master, or show it to observers), then
+        fire its Locust events."""
         line = rec.to_json()  # once: serialising runs on the event loop that stamps the reads
         self.records.append_line(line)
         if self.is_worker:
             self.unsent.append(line)
-        elif RECORD_OBSERVERS:
-            _notify(rec.to_dict())
+        elif PROCESS.observers:
+            PROCESS.notify(rec.to_dict())
+        self._fire(rec)
+
+    def _fire(self, rec: Record) -> None:
+        """Three Locust events per request (never one per token): TTFT, TPOT and E2E, so the web UI
+        shows live figures; a failure is one E2E failure, so Locust's E2E count is the record count."""
+        fire = self.env.events.request.fire
+        name = f"{rec.model} @ {self.labels[rec.host]}"
+        tokens = rec.output_tokens or 0
+        failure = None if rec.ok else RuntimeError(f"{rec.error}: {rec.error_detail}")
+        for kind, ms, exc in (
+            ("TTFT", rec.ttft_ms, None),
+            ("TPOT", rec.tpot_ms if rec.ok else None, None),
+            ("E2E", rec.e2e_ms or 0.0, failure),
+        ):
+            if ms is not None:
+                fire(
+                    request_type=kind,
+                    name=name,
+                    response_time=ms,
+                    response_length=tokens,
+                    exception=exc,
+                    context={},
+                )
 
     def _flush_loop(self) -> None:
         while True:
@@ -229,26 +227,84 @@ class _Harness:
         self.client_metrics.close()
 
 
-def state(environment: Environment) -> _Harness:
-    global _state
-    if _state is None:
-        _state = _Harness(environment, _plan_of(environment))
-    return _state
+def option(environment: Environment, name: str) -> str:
+    """A command-line option of this Locust process, as text ('' when unset)."""
+    opts = environment.parsed_options
+    return str(vars(opts).get(name) or "") if opts is not None else ""
 
 
-def _notify(record: dict[str, Any]) -> None:
-    for observer in RECORD_OBSERVERS:
-        try:
-            observer(record)
-        except Exception:  # an observer's bug must never cost a record
-            log.exception("record observer failed")
+class HarnessProcess:
+    """All harness state of one Locust process (one instance: `PROCESS`)."""
+
+    def __init__(self) -> None:
+        self.env: Environment | None = None
+        self.plan: Plan | None = None
+        self.users: UserState | None = None
+        """Made on first use by a user (processes that run users only)."""
+        self.master_records: Spool | None = None
+        self.master_client: Spool | None = None
+        self.master_counts: dict[str, int] = {}
+        """Records received per worker (master only)."""
+        self.master_final: set[str] = set()
+        """Workers whose report since the master's `quit` came after their users had stopped: it
+        carried their last records (master only)."""
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
+        """Called with every measured record (as a dict) in the process that sees them all: the single
+        process of a local run, or the master. The web UI's live LLM figures subscribe here."""
+
+    def plan_of(self, environment: Environment) -> Plan:
+        """The plan of this run, built once per process: from `harness run` (a path; inline JSON on
+        workers), else from `--scenario`/`--host` for a plain locust run."""
+        if self.plan is None:
+            if text := option(environment, "harness_plan_json"):
+                self.plan = Plan.from_json(text)
+            elif path := option(environment, "harness_plan"):
+                self.plan = Plan.from_json(Path(path).read_bytes())
+            else:
+                from harness.locust.standalone import plan_for_plain_locust
+
+                self.plan = plan_for_plain_locust(environment)
+        return self.plan
+
+    def user_state(self, environment: Environment) -> UserState:
+        if self.users is None:
+            self.users = UserState(environment, self.plan_of(environment))
+        return self.users
+
+    def refresh(self, plan: Plan) -> None:
+        """The plan changed in place (web UI choices): derive again what the users cached from it."""
+        st = self.users
+        if st is None:
+            return
+        st.scenario = plan.scenario_obj()
+        st.keys = {i: read_api_key(t.api_key_env, t.api_key_file) for i, t in enumerate(plan.targets)}
+        st.labels = {t.url: t.label for t in plan.targets}
+        st._swrr = [0.0] * len(plan.targets)
+
+    def inflight(self) -> tuple[int, Counter[tuple[str, str]]]:
+        """Requests in flight in this process: (total, per (host URL, model))."""
+        st = self.users
+        if st is None:
+            return 0, Counter()
+        return st.inflight, Counter({k: v for k, v in st.inflight_by.items() if v})
+
+    def notify(self, record: dict[str, Any]) -> None:
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:  # an observer's bug must never cost a record
+                log.exception("record observer failed")
+
+
+PROCESS = HarnessProcess()
+#: `PROCESS.observers`, under the name the architecture notes give it.
+RECORD_OBSERVERS = PROCESS.observers
 
 
 # --- Locust events -------------------------------------------------------------------------
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
-    global _env, _master_records, _master_client
-    _env = environment
+    PROCESS.env = environment
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
 
@@ -256,16 +312,17 @@ def _on_init(environment: Environment, **_: Any) -> None:
         def _report(client_id: str, data: dict[str, Any]) -> None:
             # Once this worker's users have stopped, this report carries its last records.
             data["harness_final"] = runner.state == STATE_STOPPED
-            if _state is not None:
-                if _state.unsent:
-                    data["harness_records"], _state.unsent = _state.unsent, []
-                if _state.unsent_metrics:
-                    data["harness_client"], _state.unsent_metrics = _state.unsent_metrics, []
+            st = PROCESS.users
+            if st is not None:
+                if st.unsent:
+                    data["harness_records"], st.unsent = st.unsent, []
+                if st.unsent_metrics:
+                    data["harness_client"], st.unsent_metrics = st.unsent_metrics, []
 
         return
     gevent.signal_handler(signal.SIGTERM, _graceful_stop, environment)
     try:
-        plan = _plan_of(environment)
+        plan = PROCESS.plan_of(environment)
     except HarnessError as exc:
         sys.stderr.write(f"harness: {exc}\n")
         sys.exit(exc.exit_code)
@@ -273,27 +330,27 @@ def _on_init(environment: Environment, **_: Any) -> None:
         # Workers (local or remote) get the plan itself in the spawn message, not a path.
         environment.parsed_options.harness_plan_json = plan.to_json().decode()
     if isinstance(runner, MasterRunner):
-        _master_records = Spool(Path(plan.run_dir) / "records.jsonl")
-        _master_client = Spool(Path(plan.run_dir) / "client_metrics.jsonl")
+        rd = RunDir(Path(plan.run_dir))
+        records = PROCESS.master_records = Spool(rd.records)
+        client = PROCESS.master_client = Spool(rd.client_metrics)
 
         runner.quit = lambda: _master_quit(environment, runner)  # type: ignore[method-assign]
 
         @environment.events.worker_report.add_listener
         def _collect(client_id: str, data: dict[str, Any]) -> None:
             if data.get("harness_final"):
-                _master_final.add(client_id)
+                PROCESS.master_final.add(client_id)
             else:
-                _master_final.discard(client_id)
+                PROCESS.master_final.discard(client_id)
             lines = data.get("harness_records")
-            if lines and _master_records is not None:
+            if lines:
                 for line in lines:
                     obj = orjson.loads(line)
-                    _master_records.append(obj)
-                    _notify(obj)
-                _master_counts[client_id] = _master_counts.get(client_id, 0) + len(lines)
+                    records.append(obj)
+                    PROCESS.notify(obj)
+                PROCESS.master_counts[client_id] = PROCESS.master_counts.get(client_id, 0) + len(lines)
             for line in data.get("harness_client") or []:
-                if _master_client is not None:
-                    _master_client.append(orjson.loads(line))
+                client.append(orjson.loads(line))
 
 
 def _master_quit(environment: Environment, runner: MasterRunner) -> None:
@@ -306,14 +363,14 @@ def _master_quit(environment: Environment, runner: MasterRunner) -> None:
     runner.stop(send_stop_to_client=False)
     # Only a report sent after this `quit` counts: one from an earlier stop (web UI) or from before
     # the test started says nothing of the records since.
-    _master_final.clear()
+    PROCESS.master_final.clear()
     for client in runner.clients.all:
         runner.server.send_to_client(Message("quit", None, client.id))
     deadline = time.monotonic() + float(environment.stop_timeout or 0) + 10.0
     while True:
         # A worker leaves `clients` when it says it quits, after its last report (one socket, in
         # order); a dead one goes missing after a few heartbeats.
-        waiting = [c.id for c in runner.clients.all if c.state != STATE_MISSING and c.id not in _master_final]
+        waiting = [c.id for c in runner.clients.all if c.state != STATE_MISSING and c.id not in PROCESS.master_final]
         if not waiting:
             break
         if time.monotonic() > deadline:
@@ -331,19 +388,19 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     opts = environment.parsed_options
     if opts is not None:
         # The stage clock and the open-loop split, sent to workers with the spawn message.
-        first = Stage(**_plan_of(environment).stages[0])
+        first = Stage(**PROCESS.plan_of(environment).stages[0])
         # An open-loop first stage starts once its users exist: arrivals due while users are still
         # spawning would all be late, and that lateness would be the harness's, not the host's.
         lead_s = min(first.users / first.spawn_rate, 10.0) + 0.5 if first.rate else 0.0
         opts.harness_t0 = str(time.time_ns() + int(lead_s * 1e9))
         if isinstance(runner, MasterRunner):
             opts.harness_workers = ",".join(sorted(w.id for w in runner.clients.all))
-    if _option(environment, "harness_plan"):
+    if option(environment, "harness_plan"):
         return  # `harness run` did the warm-up before starting Locust
     from harness.warmup import run_warmup
 
-    sink = _master_records if _master_records is not None else state(environment).records
-    for rec in run_warmup(_plan_of(environment), sink.append):
+    sink = PROCESS.master_records or PROCESS.user_state(environment).records
+    for rec in run_warmup(PROCESS.plan_of(environment), sink.append):
         log.warning("warm-up failed on %s %s: %s %s", rec.host, rec.model, rec.error, rec.error_detail)
     sink.flush()
 
@@ -353,21 +410,21 @@ def _on_quit(exit_code: int, **_: Any) -> None:
     """After the runner stopped (so users killed mid-stream have written their `stopped` records):
     close the sinks, and write Locust's own final counts for the orchestrator's record check
     (its CSV is written on a timer and can miss the last second)."""
-    if _state is not None:
-        _state.close()
-    for sink in (_master_records, _master_client):
+    if PROCESS.users is not None:
+        PROCESS.users.close()
+    for sink in (PROCESS.master_records, PROCESS.master_client):
         if sink is not None:
             sink.close()
-    env = _env
-    if env is None or env.runner is None or isinstance(env.runner, WorkerRunner) or _plan is None:
+    env, plan = PROCESS.env, PROCESS.plan
+    if env is None or env.runner is None or isinstance(env.runner, WorkerRunner) or plan is None:
         return
     counts: dict[str, dict[str, int]] = {}
     for (_name, method), entry in env.runner.stats.entries.items():
         c = counts.setdefault(method, {"requests": 0, "failures": 0})
         c["requests"] += entry.num_requests
         c["failures"] += entry.num_failures
-    out = {"counts": counts, "exit_code": exit_code, "workers": dict(_master_counts)}
-    (Path(_plan.run_dir) / "locust_counts.json").write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    out = {"counts": counts, "exit_code": exit_code, "workers": dict(PROCESS.master_counts)}
+    RunDir(Path(plan.run_dir)).locust_counts.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
 
 
 def _graceful_stop(environment: Environment) -> None:
@@ -390,7 +447,7 @@ class ChatUser(User):
     """
 
     def on_start(self) -> None:
-        st = state(self.environment)
+        st = PROCESS.user_state(self.environment)
         self.h = st
         idx = st.next_target()
         st.user_index += 1
@@ -406,8 +463,8 @@ class ChatUser(User):
         self.prompts = st.plan.prompts
         self.connect_failures = 0
         # Locust starts a batch of users at once each second; without a random first wait they
-        # would send, and with fixed lengths keep sending, in lock-step (measurement.md: the first
-        # wave inflates the tail). Open-loop users wait for their arrivals instead.
+        # would send, and with fixed lengths keep sending, in lock-step (the first wave inflates the
+        # tail: the report's "first wave" diagnostic). Open-loop users wait for their arrivals instead.
         if sc.load.stagger and not st.stage().rate:
             gevent.sleep(self.rng.uniform(0, sc.load.stagger))
 
@@ -451,96 +508,41 @@ class ChatUser(User):
         model = self.rng.choice(self.target.models)
         mt = prompt.get("max_tokens") or rq.max_tokens
         max_tokens = mt if isinstance(mt, int) else self.rng.randint(mt[0], mt[1])
-        body = chat_body(
-            model,
-            prompt["messages"],
-            max_tokens=max_tokens,
-            temperature=rq.temperature,
-            stream=rq.stream,
-            extra=rq.extra,
-        )
+        inflight_key = (self.target.url, model)
         prev_seq: int | None = None
         for attempt in range(retry.max_retries + 1):
+            req = Request(
+                host=self.target.url,
+                model=model,
+                prompt_id=prompt["id"],
+                messages=prompt["messages"],
+                max_tokens=max_tokens,
+                temperature=rq.temperature,
+                stream=rq.stream,
+                body_extra=rq.extra,
+                keep_text=rq.keep_text,
+                stage=stage.name,
+                sched_unix_ns=sched_unix_ns,
+                users=st.env.runner.user_count if st.env.runner else 0,
+                # Every attempt was sent, so every attempt is a record, linked to the one before.
+                tags={"attempt": attempt, "retry_of": prev_seq} if attempt else None,
+            )
             res = ChatResult()
-            users = st.env.runner.user_count if st.env.runner else 0
             st.inflight += 1
-            st.inflight_by[(self.target.url, model)] += 1
+            st.inflight_by[inflight_key] += 1
             try:
-                self.conn.chat(body, stream=rq.stream, keep_text=rq.keep_text, result=res)
-            except GreenletExit:
-                res.fail("stopped", "run stopped while the request was in flight")
-                res.end_ns = time.perf_counter_ns()
-                self._record(
-                    res, stage, model, prompt["id"], max_tokens, users, sched_unix_ns, attempt, prev_seq
-                )
-                raise
+                # A stop mid-stream (GreenletExit) is recorded as `stopped` by the sender, then raised.
+                rec = st.sender.send(self.conn, req, result=res)
             finally:
                 st.inflight -= 1
-                st.inflight_by[(self.target.url, model)] -= 1
+                st.inflight_by[inflight_key] -= 1
             self.connect_failures = self.connect_failures + 1 if res.error == "connect" else 0
             if st.kernel_stamps is None and res.reads:
                 st.kernel_stamps = self.conn.kernel_stamps
-            prev_seq = self._record(
-                res, stage, model, prompt["id"], max_tokens, users, sched_unix_ns, attempt, prev_seq
-            )
+            prev_seq = rec.seq
             if res.error != "http_429" or retry.on_429 != "retry" or attempt == retry.max_retries:
                 return
-            # Every attempt was sent, so every attempt is a record; the retry honours Retry-After.
+            # The retry honours Retry-After.
             wait = res.retry_after_s if res.retry_after_s is not None else retry.backoff_s * 2**attempt
             gevent.sleep(min(wait, retry.max_backoff_s))
             sched_unix_ns = None
-
-    def _record(
-        self,
-        res: ChatResult,
-        stage: Stage,
-        model: str,
-        prompt_id: str,
-        max_tokens: int,
-        users: int,
-        sched: int | None,
-        attempt: int = 0,
-        retry_of: int | None = None,
-    ) -> int:
-        """Write the record and fire the Locust events; returns the record's seq."""
-        st = self.h
-        rec = record_from_result(
-            res,
-            run_id=st.plan.run_id,
-            worker=st.worker,
-            host=self.target.url,
-            model=model,
-            stage=stage.name,
-            prompt_id=prompt_id,
-            warmup=False,
-            sched_unix_ns=sched,
-            users=users,
-            seq=st.seq,
-            stream=st.scenario.request.stream,
-            max_tokens=max_tokens,
-            connection=st.scenario.connection,
-        )
-        if attempt:
-            rec.extra["attempt"] = attempt
-            rec.extra["retry_of"] = retry_of
-        st.seq += 1
-        st.emit(rec)
-        fire = self.environment.events.request.fire
-        name = f"{model} @ {self.target.label}"
-        tokens = rec.output_tokens or 0
-        failure = None if rec.ok else RuntimeError(f"{rec.error}: {rec.error_detail}")
-        for kind, ms, exc in (
-            ("TTFT", rec.ttft_ms, None),
-            ("TPOT", rec.tpot_ms if rec.ok else None, None),
-            ("E2E", rec.e2e_ms or 0.0, failure),
-        ):
-            if ms is not None:
-                fire(
-                    request_type=kind,
-                    name=name,
-                    response_time=ms,
-                    response_length=tokens,
-                    exception=exc,
-                    context={},
-                )
-        return rec.seq
