@@ -4,8 +4,9 @@ Foundry Local host measured with each connection policy."""
 from __future__ import annotations
 
 import pytest
+from harness_helpers import sim_host
 
-from harness.diagnostics import DELAYED_ACK_MS, diagnose, stream_stats
+from harness.diagnostics import DELAYED_ACK_MS, StreamStats, diagnose, stream_stats
 
 
 def rec(
@@ -120,53 +121,72 @@ def expected_nagle(own_gap_ms: float) -> bool | None:
     return None
 
 
-@pytest.mark.slow
-@pytest.mark.foundry
-def test_real_foundry_host_nagle_named_for_reuse_only() -> None:
-    """Records from a real Foundry Local host, one group per policy, as a run would write them.
-
-    Whether `reuse` must show Nagle follows from this host's own speed, measured here by the `new`
-    group (fresh connections ACK at once): a host faster than the delayed-ACK floor pays it."""
+def policy_groups(base_url: str, model: str) -> dict[str, StreamStats]:
+    """Records from a real host, one group per policy, as a run would write them."""
     from harness.client import Connection, chat_body
     from harness.records import record_from_result
-    from harness.servers.foundry import start_foundry_host
 
-    host = start_foundry_host()
-    try:
-        body = chat_body(host.models[0], [{"role": "user", "content": "hi"}], max_tokens=64)
-        found = {}
-        stats = {}
-        for policy in ("reuse", "new", "reuse-quickack"):
-            recs = []
-            for _user in range(3):  # three users: three fresh connections, then reused ones
-                conn = Connection(host.base_url, policy=policy)
-                for i in range(8):
-                    res = conn.chat(body)
-                    r = record_from_result(
-                        res,
-                        run_id="r",
-                        worker="w:1",
-                        host=host.base_url,
-                        model=host.models[0],
-                        stage="main",
-                        prompt_id="p",
-                        warmup=False,
-                        sched_unix_ns=None,
-                        users=1,
-                        seq=i,
-                        stream=True,
-                        max_tokens=64,
-                        connection=policy,
-                    )
-                    recs.append(r.to_dict())
-                conn.close()
-            stats[policy] = stream_stats(recs)
-            found[policy] = {f.pattern for f in diagnose(stats[policy], connection=policy)}
-    finally:
-        host.stop()
+    body = chat_body(model, [{"role": "user", "content": "hi"}], max_tokens=64)
+    stats = {}
+    for policy in ("reuse", "new", "reuse-quickack"):
+        recs = []
+        for _user in range(3):  # three users: three fresh connections, then reused ones
+            conn = Connection(base_url, policy=policy)
+            for i in range(8):
+                r = record_from_result(
+                    conn.chat(body),
+                    run_id="r",
+                    worker="w:1",
+                    host=base_url,
+                    model=model,
+                    stage="main",
+                    prompt_id="p",
+                    warmup=False,
+                    sched_unix_ns=None,
+                    users=1,
+                    seq=i,
+                    stream=True,
+                    max_tokens=64,
+                    connection=policy,
+                )
+                recs.append(r.to_dict())
+            conn.close()
+        stats[policy] = stream_stats(recs)
+    return stats
+
+
+def check_nagle_named_for_reuse_only(stats: dict[str, StreamStats]) -> None:
+    """Whether `reuse` must show Nagle follows from the host's own speed, measured by the `new`
+    group (fresh connections ACK at once): a host faster than the delayed-ACK floor pays it."""
+    found = {p: {f.pattern for f in diagnose(s, connection=p)} for p, s in stats.items()}
     own = stats["new"].fresh_ttfb_to_ttft_ms_p50
     assert own is not None and stats["new"].reused_ttfb_to_ttft_ms_p50 is None
     expect = expected_nagle(own)
     if expect is not None:
         assert ("nagle" in found["reuse"]) == expect, (own, stats["reuse"], found)
     assert "nagle" not in found["new"] and "nagle" not in found["reuse-quickack"], (own, found)
+
+
+@pytest.mark.slow
+@pytest.mark.foundry
+def test_real_foundry_host_nagle_named_for_reuse_only() -> None:
+    from harness.servers.foundry import start_foundry_host
+
+    host = start_foundry_host()
+    try:
+        stats = policy_groups(host.base_url, host.models[0])
+    finally:
+        host.stop()
+    check_nagle_named_for_reuse_only(stats)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ttft_ms", ["2", "20", "60"])
+def test_sim_with_nagle_named_for_reuse_only(ttft_ms: str) -> None:
+    """The same check against a host that leaves Nagle on and whose own speed is known: as fast as
+    Foundry's tiny model here, as on a slower CPU, and slower than the floor (nothing to name)."""
+    with sim_host("--nagle", "--ttft-ms", ttft_ms, "--itl-ms", "0.2") as sim:
+        stats = policy_groups(sim.base_url, sim.models[0])
+    check_nagle_named_for_reuse_only(stats)
+    own = stats["new"].fresh_ttfb_to_ttft_ms_p50
+    assert own is not None and float(ttft_ms) - 1 <= own <= float(ttft_ms) + 10, own
