@@ -53,6 +53,35 @@ def sim_host(*args: str) -> Iterator[ChildHost]:
         host.stop()
 
 
+def sim_stats(base_url: str) -> dict[str, Any]:
+    """The simulated host's own counters (`GET /sim/stats`): what it received, counted by the host."""
+    from harness.client import Connection
+
+    root = base_url.rsplit("/v1", 1)[0]
+    for _ in range(20):  # with --fault-refuse the host resets some connections, this one too
+        conn = Connection(root)
+        try:
+            status, _, body = conn.get("/sim/stats")
+        except ConnectionError:
+            continue
+        finally:
+            conn.close()
+        assert status == 200
+        stats: dict[str, Any] = orjson.loads(body)
+        return stats
+    raise AssertionError("the sim refused every stats request")
+
+
+def embedded_sim_stats(run_dir: Path) -> list[dict[str, Any]]:
+    """The final `/sim/stats` of each embedded sim host of a run, from its log in the run folder."""
+    out = []
+    for log in sorted((run_dir / "hosts").glob("*-sim.log")):
+        lines = [x for x in log.read_text().splitlines() if x.startswith("sim: final stats ")]
+        assert lines, f"{log} has no final stats line (did the host stop cleanly?)"
+        out.append(orjson.loads(lines[-1].removeprefix("sim: final stats ")))
+    return out
+
+
 def records(run_dir: Path) -> list[dict[str, Any]]:
     return [
         orjson.loads(line) for line in (run_dir / "records.jsonl").read_bytes().splitlines() if line.strip()

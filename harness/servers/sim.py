@@ -33,6 +33,8 @@ sent, and `/sim/stats` counts them). Faults are drawn only for valid chat reques
   no-usage      no usage chunk (no `usage` key when not streaming)
   split         every write cut into pieces 1 ms apart, cuts inside chunk-size lines, CRLFs and `\\n\\n`
   content-type  `Content-Type: application/json` over the normal SSE body (also for `stream: false`)
+On a clean stop (SIGTERM/SIGINT) `serve sim` writes `sim: final stats {...}` (the `/sim/stats`
+counters) as its last line on stderr.
 `--down-after-s S` closes the listening socket S seconds after start, for `--down-for-s`, so new
 connects are refused in that window (open connections go on).
 
@@ -58,6 +60,7 @@ import random
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -1251,4 +1254,8 @@ def serve(args: argparse.Namespace) -> int:
     # Objects alive now never die: keep them out of the collector's full passes (fewer pauses).
     gc.freeze()
     server.serve_forever(on_ready=lambda url: print_ready(url, config.models))
+    # The host's own count of what it received, in its log (an embedded host's log is in the run
+    # folder): the independent count tests check a run's records against.
+    sys.stderr.write("sim: final stats " + orjson.dumps(server.stats()).decode() + "\n")
+    sys.stderr.flush()
     return 0
