@@ -72,14 +72,24 @@ def sim_stats(base_url: str) -> dict[str, Any]:
     raise AssertionError("the sim refused every stats request")
 
 
-def embedded_sim_stats(run_dir: Path) -> list[dict[str, Any]]:
-    """The final `/sim/stats` of each embedded sim host of a run, from its log in the run folder."""
-    out = []
-    for log in sorted((run_dir / "hosts").glob("*-sim.log")):
-        lines = [x for x in log.read_text().splitlines() if x.startswith("sim: final stats ")]
+def embedded_sim_stats(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """The final `/sim/stats` of each embedded sim host of a run, by its index in the scenario's
+    hosts, from its log in the run folder (`hosts/N-sim.log`)."""
+    out = {}
+    for log in (run_dir / "hosts").glob("*-sim.log"):
+        lines = [x for x in log.read_text().splitlines() if x.startswith(FINAL_STATS)]
         assert lines, f"{log} has no final stats line (did the host stop cleanly?)"
-        out.append(orjson.loads(lines[-1].removeprefix("sim: final stats ")))
+        out[int(log.name.split("-", 1)[0])] = final_stats(lines[-1])
     return out
+
+
+FINAL_STATS = "sim: final stats "
+
+
+def final_stats(line: str) -> dict[str, Any]:
+    """The counters in the line `serve sim` writes to stderr when it stops cleanly."""
+    stats: dict[str, Any] = orjson.loads(line.removeprefix(FINAL_STATS))
+    return stats
 
 
 def records(run_dir: Path) -> list[dict[str, Any]]:

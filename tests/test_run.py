@@ -107,7 +107,7 @@ def test_run_with_local_workers_and_embedded_host(tmp_path: Path) -> None:
     proc = harness("run", str(scenario), "--workers", "2", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     run_dir = Path(last_line(proc.stdout))
-    (host,) = embedded_sim_stats(run_dir)  # the embedded host's own count, from its log
+    (host,) = embedded_sim_stats(run_dir).values()  # the embedded host's own count, from its log
     measured = check_counts(run_dir, host)
     workers = {r["worker"] for r in measured}
     assert len(workers) == 2, "both worker processes sent load"
