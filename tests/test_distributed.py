@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from harness_helpers import REPO, embedded_sim_stats, harness, last_line, records
+from harness_helpers import FINAL_STATS, REPO, embedded_sim_stats, final_stats, harness, last_line, records
 
 pytestmark = pytest.mark.slow
 
@@ -198,10 +198,14 @@ def test_master_workers_and_host_on_separate_networks(tmp_path: Path) -> None:
             for p in [*workers, host]:
                 p.terminate()
                 p.wait(10)
+            _, host_err = host.communicate(timeout=10)
     assert master.returncode == 0, err
     run_dir = Path(last_line(out))
     recs = [r for r in records(run_dir) if not r["warmup"]]
     counts = orjson.loads((run_dir / "locust_counts.json").read_bytes())["counts"]
     assert counts["E2E"]["requests"] == len(recs) > 0
+    # The host's own count, from the line it wrote when stopped: one record per request it received.
+    (line,) = [x for x in host_err.splitlines() if x.startswith(FINAL_STATS)]
+    assert len(records(run_dir)) == final_stats(line)["chat_requests"]
     assert len({r["worker"] for r in recs}) == 2, "both workers on their own networks sent load"
     assert all(r["host"] == f"http://{ns['host_ip']}:8000/v1" and r["ok"] for r in recs)
