@@ -372,7 +372,9 @@ def test_no_nagle_delay_on_reused_connections() -> None:
         for _ in range(3):  # reused connection, where delayed ACKs matter
             r = c.call("POST", "/v1/chat/completions", chat(n=6))
             gaps = [b - a for a, b in itertools.pairwise(r.content_times())]
-            assert max(gaps) < 0.035
+            # Below the 40 ms floor: the first token (held behind the headers' ACK with Nagle on)
+            # and every gap.
+            assert r.content_times()[0] - r.sent < 0.035 and max(gaps) < 0.035
 
 
 def test_nagle_left_on_holds_the_first_token_for_the_delayed_ack() -> None:
