@@ -170,7 +170,10 @@ def diagnose(
         assert reused is not None
         if reference is not None:
             extra = reused - reference
-            evidence = {"reused_ttfb_to_ttft_ms_p50": reused, "fresh_ttfb_to_ttft_ms_p50": reference}
+            evidence: dict[str, Any] = {
+                "reused_ttfb_to_ttft_ms_p50": reused,
+                "fresh_ttfb_to_ttft_ms_p50": reference,
+            }
             why = f"first token {reused:.0f} ms after the first byte on reused connections, {reference:.0f} on fresh"
         else:
             extra = reused
