@@ -12,6 +12,7 @@ import statistics
 from dataclasses import dataclass
 
 from harness.client import CONNECTION_POLICIES, Connection, Timeouts
+from harness.diagnostics import DELAYED_ACK_MS, nagle_held
 from harness.send import Request, Sender
 
 __all__ = ["PolicyFigures", "format_probe", "probe_policies"]
@@ -95,11 +96,21 @@ def format_probe(figures: list[PolicyFigures]) -> str:
     if reuse and quick and reuse.ttft_ms_p50 is not None and quick.ttft_ms_p50 is not None:
         diff = reuse.ttft_ms_p50 - quick.ttft_ms_p50
         lines.append(f"  reuse - reuse-quickack: TTFT {diff:+.2f} ms")
-        if diff > 20 and (reuse.tokens_per_read_p50 or 0) >= 4:
+        # The physics, not a window of one machine: reuse's first token on the delayed-ACK floor,
+        # quick-ACK's (the host's own speed, measured just now) clearly below it.
+        if nagle_held(_gap(reuse), _gap(quick)):
             lines.append(
                 "  -> the server holds small writes until ACK (Nagle): clients that reuse connections "
-                f"see about +{diff:.0f} ms to first token and tokens in bursts"
+                f"see about +{diff:.0f} ms to first token (the {DELAYED_ACK_MS:.0f} ms delayed-ACK floor) "
+                "and tokens in bursts"
             )
-        elif abs(diff) < 2:
+        elif abs(diff) < max(2.0, 0.1 * quick.ttft_ms_p50):
             lines.append("  -> the connection policy does not change what this host's clients see")
     return "\n".join(lines)
+
+
+def _gap(p: PolicyFigures) -> float | None:
+    """TTFB→TTFT: the part of the first token's wait that comes after the first byte."""
+    if p.ttft_ms_p50 is None or p.ttfb_ms_p50 is None:
+        return None
+    return p.ttft_ms_p50 - p.ttfb_ms_p50

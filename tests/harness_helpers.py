@@ -53,6 +53,45 @@ def sim_host(*args: str) -> Iterator[ChildHost]:
         host.stop()
 
 
+def sim_stats(base_url: str) -> dict[str, Any]:
+    """The simulated host's own counters (`GET /sim/stats`): what it received, counted by the host."""
+    from harness.client import Connection
+
+    root = base_url.rsplit("/v1", 1)[0]
+    for _ in range(20):  # with --fault-refuse the host resets some connections, this one too
+        conn = Connection(root)
+        try:
+            status, _, body = conn.get("/sim/stats")
+        except ConnectionError:
+            continue
+        finally:
+            conn.close()
+        assert status == 200
+        stats: dict[str, Any] = orjson.loads(body)
+        return stats
+    raise AssertionError("the sim refused every stats request")
+
+
+def embedded_sim_stats(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """The final `/sim/stats` of each embedded sim host of a run, by its index in the scenario's
+    hosts, from its log in the run folder (`hosts/N-sim.log`)."""
+    out = {}
+    for log in (run_dir / "hosts").glob("*-sim.log"):
+        lines = [x for x in log.read_text().splitlines() if x.startswith(FINAL_STATS)]
+        assert lines, f"{log} has no final stats line (did the host stop cleanly?)"
+        out[int(log.name.split("-", 1)[0])] = final_stats(lines[-1])
+    return out
+
+
+FINAL_STATS = "sim: final stats "
+
+
+def final_stats(line: str) -> dict[str, Any]:
+    """The counters in the line `serve sim` writes to stderr when it stops cleanly."""
+    stats: dict[str, Any] = orjson.loads(line.removeprefix(FINAL_STATS))
+    return stats
+
+
 def records(run_dir: Path) -> list[dict[str, Any]]:
     return [
         orjson.loads(line) for line in (run_dir / "records.jsonl").read_bytes().splitlines() if line.strip()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+import statistics
 
 import orjson
 import pytest
+from harness_helpers import sim_host
 from scripted_server import (
     HEAD_SSE,
     Script,
@@ -185,6 +187,59 @@ def test_quickack_policy_streams_normally() -> None:
         conn = Connection(url, policy="reuse-quickack")
         results = [conn.chat(BODY) for _ in range(3)]
     assert all(r.ok for r in results) and log.connections == 1
+
+
+def ms(a: int | None, b: int | None) -> float:
+    assert a is not None and b is not None
+    return (b - a) / 1e6
+
+
+def test_quickack_beats_a_host_that_leaves_nagle_on() -> None:
+    """`serve sim --nagle` (its own process) holds small writes until ACK, as Foundry Local does:
+    on a reused connection with delayed ACKs the first token lands on the 40 ms delayed-ACK floor
+    after the first byte; with `reuse-quickack` it comes at the host's own 5 ms. Fails if quick-ACK
+    is switched off (then both sit on the floor) or if `reuse` stops showing what users of a plain
+    keep-alive client see."""
+    with sim_host("--nagle", "--ttft-ms", "5", "--itl-ms", "0.5") as sim:
+        body = chat_body(sim.models[0], [{"role": "user", "content": "hi"}], max_tokens=16)
+        gaps: dict[str, list[float]] = {}
+        for policy in ("reuse", "reuse-quickack"):
+            conn = Connection(sim.base_url, policy=policy)
+            results = [conn.chat(body) for _ in range(9)][1:]  # the first is on a fresh connection
+            conn.close()
+            assert all(r.ok and r.conn_reused for r in results)
+            gaps[policy] = [ms(r.first_byte_ns, r.first_token_ns) for r in results]
+    reuse, quick = statistics.median(gaps["reuse"]), statistics.median(gaps["reuse-quickack"])
+    # On the floor (34 ms: the 40 ms timer less what the first byte already waited), far above 5 ms.
+    assert reuse >= 34, gaps
+    # The host's own 5 ms (less the ~0.3 ms TTFB), with 15 ms for a loaded machine: far below the floor.
+    assert 4 <= quick <= 20, gaps
+
+
+def test_ttft_and_tpot_match_the_simulated_host_two_sided() -> None:
+    """Accuracy against a host whose timing is exact (the sim in its own process, kernel stamps on
+    the client): TTFT 20 ms after the request, then a token every 5 ms.
+
+    Bounds (medians of 12 requests, so a burst of load moves them little): TTFT in [19.5, 35] ms,
+    TPOT in [4.8, 7] ms. Below: the sim never sends early (its timer is ≤ 20 µs early), so a lower
+    TTFT means a stamp from the wrong event or a unit slip. Above: 15 ms for a loaded 2-core machine
+    delaying the sim's wake-ups; a +40 ms delayed-ACK regression, a first-token stamp taken after the
+    stream was parsed (+75 ms here) or ms read as µs (×1000) all land far outside. TPOT spreads the last
+    token's lateness over 15 gaps, hence the narrower bound; tokens read in one burst give ~0."""
+    with sim_host("--ttft-ms", "20", "--itl-ms", "5") as sim:
+        body = chat_body(sim.models[0], [{"role": "user", "content": "hi"}], max_tokens=16)
+        for policy in ("reuse-quickack", "reuse", "new"):
+            conn = Connection(sim.base_url, policy=policy)
+            results = [conn.chat(body) for _ in range(12)]
+            conn.close()
+            assert all(r.ok and r.content_events == 16 for r in results)
+            ttft = [ms(r.sent_ns, r.first_token_ns) for r in results]
+            tpot = [ms(r.first_token_ns, r.last_token_ns) / 15 for r in results]
+            assert min(ttft) >= 19.5, (policy, ttft)
+            assert 19.5 <= statistics.median(ttft) <= 35, (policy, ttft)
+            assert 4.8 <= statistics.median(tpot) <= 7, (policy, tpot)
+            ttfb = statistics.median(ms(r.sent_ns, r.first_byte_ns) for r in results)
+            assert ttfb < 10, ("the role chunk comes at once, long before the first token", policy, ttfb)
 
 
 def test_stale_keepalive_connection_is_retried_once() -> None:

@@ -4,8 +4,9 @@ Foundry Local host measured with each connection policy."""
 from __future__ import annotations
 
 import pytest
+from harness_helpers import sim_host
 
-from harness.diagnostics import diagnose, stream_stats
+from harness.diagnostics import DELAYED_ACK_MS, StreamStats, diagnose, stream_stats
 
 
 def rec(
@@ -28,13 +29,56 @@ def rec(
     }
 
 
+def nagle_group(fresh_gap: float, reused_gap: float, *, fresh: int = 4, pile: int = 32) -> list[dict]:
+    """A host whose own first token comes `fresh_gap` ms after the first byte; on reused connections
+    it comes `reused_gap` ms after, with `pile` tokens in that first read (then 0.2 ms apart)."""
+
+    def offsets(first: float, together: int) -> list[float]:
+        return [first] * together + [first + 0.2 * (i + 1) for i in range(32 - together)]
+
+    fresh_recs = [rec(1.0, 1.0 + fresh_gap, offsets(1.0 + fresh_gap, 1), reused=False) for _ in range(fresh)]
+    reused_recs = [
+        rec(1.0, 1.0 + reused_gap, offsets(1.0 + reused_gap, pile), reused=True) for _ in range(20)
+    ]
+    return fresh_recs + reused_recs
+
+
+def nagle(recs: list[dict], connection: str = "reuse") -> list[str]:
+    return [f.message for f in diagnose(stream_stats(recs), connection=connection) if f.pattern == "nagle"]
+
+
 def test_nagle_from_fresh_against_reused_connections() -> None:
-    fresh = [rec(1.0, 3.0, [3.0 + 0.2 * i for i in range(32)], reused=False) for _ in range(4)]
-    reused = [rec(1.0, 43.0, [43.0] * 32, reused=True) for _ in range(20)]
-    stats = stream_stats(fresh + reused)
+    stats = stream_stats(nagle_group(2.0, 42.0))
     assert stats.tokens_per_read_p50 == 32 and stats.reused_ttfb_to_ttft_ms_p50 == 42.0
-    (finding,) = [f for f in diagnose(stats, connection="reuse") if f.pattern == "nagle"]
-    assert "+40 ms" in finding.message and "Nagle" in finding.message
+    assert stats.reused_first_read_tokens_p50 == 32
+    (message,) = nagle(nagle_group(2.0, 42.0))
+    assert "+40 ms" in message and "Nagle" in message
+
+
+@pytest.mark.parametrize(
+    ("own", "reused", "named"),
+    [
+        (2.0, 43.0, True),  # Foundry's tiny model on a fast CPU
+        (20.0, 43.0, True),  # the same on a slower CPU: +23 ms, which the old 25-60 ms window missed
+        (30.0, 43.0, True),  # still clearly below the floor
+        (41.0, 43.0, False),  # a host as slow as the floor pays (almost) nothing
+        (55.0, 56.0, False),  # slower than the floor: reused = own, nothing to name
+        (2.0, 20.0, False),  # reused slower, but not on the floor: something else
+        (2.0, 150.0, False),  # far above any delayed-ACK timer: something else
+    ],
+)
+def test_nagle_follows_reuse_equals_max_of_own_and_floor(own: float, reused: float, named: bool) -> None:
+    assert bool(nagle(nagle_group(own, reused))) == named
+
+
+def test_nagle_without_fresh_connections_needs_the_pile_up() -> None:
+    assert nagle(nagle_group(2.0, 42.0, fresh=0)), "on the floor, tokens piled in the first read"
+    assert not nagle(nagle_group(2.0, 42.0, fresh=0, pile=1)), "on the floor alone proves nothing"
+
+
+def test_quickack_on_the_floor_is_named() -> None:
+    (message,) = nagle(nagle_group(2.0, 42.0), connection="reuse-quickack")
+    assert "TCP_QUICKACK did not take effect" in message
 
 
 def test_no_nagle_when_reused_connections_are_as_fast() -> None:
@@ -66,46 +110,83 @@ def test_warmup_and_failures_are_ignored() -> None:
     assert stream_stats([bad, warm]).requests == 0
 
 
+def expected_nagle(own_gap_ms: float) -> bool | None:
+    """What the physics says a reuse group shows for a host whose own TTFB→TTFT gap (measured on
+    connections that ACK at once) is `own_gap_ms`: named well below the floor, not above it, and
+    either way within a few ms of it (None)."""
+    if own_gap_ms < DELAYED_ACK_MS - 10:
+        return True
+    if own_gap_ms > DELAYED_ACK_MS + 5:
+        return False
+    return None
+
+
+def policy_groups(base_url: str, model: str) -> dict[str, StreamStats]:
+    """Records from a real host, one group per policy, as a run would write them."""
+    from harness.client import Connection, chat_body
+    from harness.records import record_from_result
+
+    body = chat_body(model, [{"role": "user", "content": "hi"}], max_tokens=64)
+    stats = {}
+    for policy in ("reuse", "new", "reuse-quickack"):
+        recs = []
+        for _user in range(3):  # three users: three fresh connections, then reused ones
+            conn = Connection(base_url, policy=policy)
+            for i in range(8):
+                r = record_from_result(
+                    conn.chat(body),
+                    run_id="r",
+                    worker="w:1",
+                    host=base_url,
+                    model=model,
+                    stage="main",
+                    prompt_id="p",
+                    warmup=False,
+                    sched_unix_ns=None,
+                    users=1,
+                    seq=i,
+                    stream=True,
+                    max_tokens=64,
+                    connection=policy,
+                )
+                recs.append(r.to_dict())
+            conn.close()
+        stats[policy] = stream_stats(recs)
+    return stats
+
+
+def check_nagle_named_for_reuse_only(stats: dict[str, StreamStats]) -> None:
+    """Whether `reuse` must show Nagle follows from the host's own speed, measured by the `new`
+    group (fresh connections ACK at once): a host faster than the delayed-ACK floor pays it."""
+    found = {p: {f.pattern for f in diagnose(s, connection=p)} for p, s in stats.items()}
+    own = stats["new"].fresh_ttfb_to_ttft_ms_p50
+    assert own is not None and stats["new"].reused_ttfb_to_ttft_ms_p50 is None
+    expect = expected_nagle(own)
+    if expect is not None:
+        assert ("nagle" in found["reuse"]) == expect, (own, stats["reuse"], found)
+    assert "nagle" not in found["new"] and "nagle" not in found["reuse-quickack"], (own, found)
+
+
 @pytest.mark.slow
 @pytest.mark.foundry
 def test_real_foundry_host_nagle_named_for_reuse_only() -> None:
-    """Records from a real Foundry Local host, one group per policy, as a run would write them."""
-    from harness.client import Connection, chat_body
-    from harness.records import record_from_result
     from harness.servers.foundry import start_foundry_host
 
     host = start_foundry_host()
     try:
-        body = chat_body(host.models[0], [{"role": "user", "content": "hi"}], max_tokens=64)
-        found = {}
-        for policy in ("reuse", "new", "reuse-quickack"):
-            recs = []
-            for _user in range(3):  # three users: three fresh connections, then reused ones
-                conn = Connection(host.base_url, policy=policy)
-                for i in range(8):
-                    res = conn.chat(body)
-                    r = record_from_result(
-                        res,
-                        run_id="r",
-                        worker="w:1",
-                        host=host.base_url,
-                        model=host.models[0],
-                        stage="main",
-                        prompt_id="p",
-                        warmup=False,
-                        sched_unix_ns=None,
-                        users=1,
-                        seq=i,
-                        stream=True,
-                        max_tokens=64,
-                        connection=policy,
-                    )
-                    recs.append(
-                        {**r.to_dict()} if hasattr(r, "to_dict") else __import__("dataclasses").asdict(r)
-                    )
-                conn.close()
-            found[policy] = {f.pattern for f in diagnose(stream_stats(recs), connection=policy)}
+        stats = policy_groups(host.base_url, host.models[0])
     finally:
         host.stop()
-    assert "nagle" in found["reuse"], found
-    assert "nagle" not in found["new"] and "nagle" not in found["reuse-quickack"], found
+    check_nagle_named_for_reuse_only(stats)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ttft_ms", ["2", "20", "60"])
+def test_sim_with_nagle_named_for_reuse_only(ttft_ms: str) -> None:
+    """The same check against a host that leaves Nagle on and whose own speed is known: as fast as
+    Foundry's tiny model here, as on a slower CPU, and slower than the floor (nothing to name)."""
+    with sim_host("--nagle", "--ttft-ms", ttft_ms, "--itl-ms", "0.2") as sim:
+        stats = policy_groups(sim.base_url, sim.models[0])
+    check_nagle_named_for_reuse_only(stats)
+    own = stats["new"].fresh_ttfb_to_ttft_ms_p50
+    assert own is not None and float(ttft_ms) - 1 <= own <= float(ttft_ms) + 10, own

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -14,12 +15,29 @@ from pathlib import Path
 
 import orjson
 import pytest
-from harness_helpers import REPO, harness, last_line, records
+from harness_helpers import FINAL_STATS, REPO, embedded_sim_stats, final_stats, harness, last_line, records
 
 pytestmark = pytest.mark.slow
 
 
+def foundry_own_ttft_ms() -> float:
+    """This machine's Foundry Local host's own TTFT (median, connections that ACK at once): the
+    reference the run's Foundry figures are judged against, measured here, not assumed."""
+    from harness.probe import probe_policies
+    from harness.servers.foundry import start_foundry_host
+
+    host = start_foundry_host()
+    try:
+        figs = probe_policies(host.base_url, host.models[0], requests=8, max_tokens=16)
+    finally:
+        host.stop()
+    own = [f.ttft_ms_p50 for f in figs if f.policy in ("new", "reuse-quickack")]
+    assert None not in own
+    return statistics.median(own)  # type: ignore[arg-type]
+
+
 def test_two_workers_three_sims_and_a_foundry_host(tmp_path: Path) -> None:
+    own = foundry_own_ttft_ms()
     scenario = tmp_path / "fleet.yaml"
     scenario.write_text(
         "name: fleet\n"
@@ -34,28 +52,37 @@ def test_two_workers_three_sims_and_a_foundry_host(tmp_path: Path) -> None:
     proc = harness("run", str(scenario), "--workers", "2", "--out", str(tmp_path), timeout=240)
     assert proc.returncode == 0, proc.stderr
     run_dir = Path(last_line(proc.stdout))
-    recs = [r for r in records(run_dir) if not r["warmup"]]
+    all_recs = records(run_dir)
+    recs = [r for r in all_recs if not r["warmup"]]
     counts = orjson.loads((run_dir / "locust_counts.json").read_bytes())["counts"]
     assert counts["E2E"]["requests"] == len(recs), "every request Locust counted on the master has a record"
     assert len({r["worker"] for r in recs}) == 2
     manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
     url_of = {h["label"]: h["url"] for h in manifest["hosts"]}
     assert set(url_of) == {"fast", "mid", "slow", "foundry"}
+    # Each sim's own count of the chat requests it received (from its log) against the records.
+    host_stats = embedded_sim_stats(run_dir)
+    for i, label in enumerate(("fast", "mid", "slow")):
+        got = sum(1 for r in all_recs if r["host"] == url_of[label])
+        assert got == host_stats[i]["chat_requests"], (label, got, host_stats[i])
     per_host = Counter(r["host"] for r in recs)
     assert set(per_host) == set(url_of.values()), "users spread over every host"
-    models = {
-        r["host"]: {r["model"] for r in recs if r["host"] == h}
-        for h in per_host
-        for r in recs
-        if r["host"] == h
-    }
+    models = {h: {r["model"] for r in recs if r["host"] == h} for h in per_host}
     assert models[url_of["foundry"]] == {"tiny-chat-generic-cpu:1"}, "each host gets only models it serves"
     summary = orjson.loads((run_dir / "summary.json").read_bytes())
     ttft = {g["key"]["host"]: g["ttft_ms_p50"] for g in summary["by_host_model"]}
     for label, expected in (("fast", 20), ("mid", 60), ("slow", 120)):
         got = ttft[url_of[label]]
-        assert expected <= got < expected + 15, (label, got)
-    assert ttft[url_of["foundry"]] < 20
+        assert expected - 0.5 <= got < expected + 15, (label, got)
+    # Foundry: judged against its own speed measured above on this machine. Under the run it shares
+    # two cores with three sims, a master and two workers and serves ~2 users at once, so its TTFT
+    # may grow a few times, never shrink below half; 15 ms more covers a busy scheduler. Whether the
+    # run's figures sit on the 40 ms delayed-ACK floor (the default policy must avoid it) is judged by
+    # the diagnostics from the records themselves, against the group's fresh connections.
+    got = ttft[url_of["foundry"]]
+    assert 0.5 * own - 0.5 <= got <= 3 * own + 15, (got, own)
+    foundry_diag = [d for d in summary["diagnostics"] if d["key"].get("host") == url_of["foundry"]]
+    assert foundry_diag and not any(f["pattern"] == "nagle" for d in foundry_diag for f in d["findings"])
     assert {w["worker"] for w in manifest["workers"]} == {r["worker"] for r in recs}
 
 
@@ -171,10 +198,14 @@ def test_master_workers_and_host_on_separate_networks(tmp_path: Path) -> None:
             for p in [*workers, host]:
                 p.terminate()
                 p.wait(10)
+            _, host_err = host.communicate(timeout=10)
     assert master.returncode == 0, err
     run_dir = Path(last_line(out))
     recs = [r for r in records(run_dir) if not r["warmup"]]
     counts = orjson.loads((run_dir / "locust_counts.json").read_bytes())["counts"]
     assert counts["E2E"]["requests"] == len(recs) > 0
+    # The host's own count, from the line it wrote when stopped: one record per request it received.
+    (line,) = [x for x in host_err.splitlines() if x.startswith(FINAL_STATS)]
+    assert len(records(run_dir)) == final_stats(line)["chat_requests"]
     assert len({r["worker"] for r in recs}) == 2, "both workers on their own networks sent load"
     assert all(r["host"] == f"http://{ns['host_ip']}:8000/v1" and r["ok"] for r in recs)

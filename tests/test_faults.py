@@ -14,9 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from harness_helpers import harness, last_line, records, sim_host
-
-from harness.client import Connection
+from harness_helpers import harness, last_line, records, sim_host, sim_stats
 
 pytestmark = pytest.mark.slow
 
@@ -37,21 +35,6 @@ MATRIX: dict[str, tuple[str, list[str]]] = {
     "no-usage": ("ok:events", []),
     "split": ("ok", []),
 }
-
-
-def sim_stats(base_url: str) -> dict:
-    root = base_url.rsplit("/v1", 1)[0]
-    for _ in range(20):  # with --fault-refuse the host resets some connections, this one too
-        conn = Connection(root)
-        try:
-            status, _, body = conn.get("/sim/stats")
-        except ConnectionError:
-            continue
-        finally:
-            conn.close()
-        assert status == 200
-        return orjson.loads(body)
-    raise AssertionError("the sim refused every stats request")
 
 
 @pytest.mark.parametrize("fault", sorted(MATRIX))
@@ -88,6 +71,10 @@ def test_fault_matrix(tmp_path: Path, fault: str) -> None:
     counts = orjson.loads((run_dir / "locust_counts.json").read_bytes())["counts"]
     assert counts["E2E"]["requests"] == len(recs), "every request sent has exactly one record"
     assert len({(r["worker"], r["seq"]) for r in recs}) == len(recs)
+    # Against the host's own count: every chat request it received has exactly one record (a
+    # refused connection never reached it, so its record is not in the host's count).
+    reached = [r for r in recs if r["error"] != "connect"]
+    assert len(reached) == stats["chat_requests"], (len(reached), stats)
 
     injected = stats["faults"].get(fault, 0)
     # refuse is drawn per connection, the others per request
@@ -116,9 +103,15 @@ def test_fault_matrix(tmp_path: Path, fault: str) -> None:
     if fault == "drop":
         cut = [r for r in recs if r["error"] == "stream_cut"]
         assert all(0 < r["content_events"] < TOKENS for r in cut), "tokens received before the cut are kept"
-    # Successful requests keep their timing (slow headers shift only the faulted ones).
+    # Successful requests keep their timing (slow headers shift only the faulted ones): median TTFT
+    # within [TTFT - 0.5, TTFT + 15] ms. Below: the sim never sends early. Above: 15 ms for the run's
+    # processes and the sim sharing two loaded cores; a +40 ms delayed-ACK regression or a unit slip
+    # falls outside. (A first-token stamp taken after parsing, +11 ms here, is guarded where streams
+    # are longer: test_client, test_run.)
     clean = [r for r in ok if r["ttfb_ms"] < 100]
-    assert clean and statistics.median(r["ttft_ms"] for r in clean) < TTFT_MS + 5
+    assert clean
+    ttft = statistics.median(r["ttft_ms"] for r in clean)
+    assert TTFT_MS - 0.5 <= ttft <= TTFT_MS + 15, ttft
     assert all(r["output_tokens"] == TOKENS for r in ok)
 
 
@@ -134,8 +127,10 @@ def test_429_retry_policy_honours_retry_after(tmp_path: Path) -> None:
         "--ttft-ms", "5", "--itl-ms", "1", "--fault-429", "0.3", "--retry-after-s", "1", "--seed", "5"
     ) as sim:
         proc = harness("run", str(scenario), "--host", sim.base_url, "--out", str(tmp_path), "--no-report")
+        stats = sim_stats(sim.base_url)
     assert proc.returncode == 0, proc.stderr
     recs = records(Path(last_line(proc.stdout)))
+    assert len(recs) == stats["chat_requests"], "each attempt is a request the host received, with its record"
     retried = [r for r in recs if r["extra"].get("attempt")]
     assert retried, "some requests were retried"
     by_key = {(r["worker"], r["seq"]): r for r in recs}

@@ -10,12 +10,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import psutil
 import pytest
-from harness_helpers import REPO, records, sim_host
+from harness_helpers import REPO, records, sim_host, sim_stats
+
+from harness.records import read_records
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +60,51 @@ def spool_records(run_dir: Path) -> list[dict]:
     return out
 
 
+def wait_for(
+    what: str, condition: Callable[[], bool], timeout: float = 60, detail: Callable[[], str] | None = None
+) -> None:
+    """Wait until `condition()` holds (the load has reached a given point), not a fixed time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (
+            f": {detail()}" if detail else ""
+        )
+        time.sleep(0.05)
+
+
+def spooled_by(run_dir: Path, pid: int) -> int:
+    """Records the worker process `pid` has spooled so far."""
+    return sum(len(p.read_bytes().splitlines()) for p in (run_dir / "spool").glob(f"*-{pid}.records.jsonl"))
+
+
+def on_disk(run_dir: Path) -> list[dict]:
+    """Distinct records on disk now, in the run folder and the workers' spools (a line being
+    written is skipped)."""
+    paths = [run_dir / "records.jsonl", *(run_dir / "spool").glob("*.records.jsonl")]
+    recs, _broken = read_records([p for p in paths if p.exists()])
+    return list({(r["worker"], r["seq"]): r for r in recs}.values())
+
+
+def sent_before(recs: list[dict], t_ns: int) -> int:
+    return sum(1 for r in recs if r["sent_unix_ns"] < t_ns)
+
+
+def received_and_on_disk(base_url: str, run_dir: Path) -> tuple[int, int]:
+    """(t, n): n, the host's own count of the requests it had received by the time t (ns, Unix),
+    once all their records have reached a disk (streams in flight at t end within ~50 ms; workers
+    flush their spools every 0.5 s). Each was sent before t, so whatever is killed next, the folder
+    must hold n records sent before t; records of later requests cannot make up for a lost one."""
+    received = int(sim_stats(base_url)["chat_requests"])
+    t_ns = time.time_ns()
+    wait_for(
+        f"records of the {received} requests the host received on disk",
+        lambda: sent_before(on_disk(run_dir), t_ns) >= received,
+        10,
+        lambda: f"{sent_before(on_disk(run_dir), t_ns)} on disk",
+    )
+    return t_ns, received
+
+
 def keys(recs: list[dict]) -> set[tuple[str, int]]:
     return {(r["worker"], r["seq"]) for r in recs}
 
@@ -77,9 +125,14 @@ def test_sigterm_records_streams_in_flight_as_stopped(tmp_path: Path) -> None:
             "--run-id",
             "stop",
         )
-        time.sleep(6)
+        # Every user has a stream in flight at the host (and has finished one, past the warm-up).
+        wait_for(
+            "3 streams in flight",
+            lambda: (st := sim_stats(sim.base_url))["in_flight"] == 3 and st["chat_requests"] >= 1 + 3 + 3,
+        )
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
+        host = sim_stats(sim.base_url)
     assert proc.returncode == 3, err
     run_dir = Path(out.strip().splitlines()[-1])
     assert run_dir == tmp_path / "stop"
@@ -89,6 +142,7 @@ def test_sigterm_records_streams_in_flight_as_stopped(tmp_path: Path) -> None:
     assert all(0 <= r["content_events"] < 100 for r in stopped)
     counts = orjson.loads((run_dir / "locust_counts.json").read_bytes())["counts"]
     assert counts["E2E"]["requests"] == len(recs)
+    assert len(records(run_dir)) == host["chat_requests"], "every request the host received has its record"
     manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
     assert manifest["state"] == "incomplete" and "interrupted" in " ".join(manifest["problems"])
 
@@ -112,12 +166,23 @@ def test_worker_killed_mid_run_loses_nothing_the_others_sent(tmp_path: Path) -> 
             "kill1",
         )
         _master, workers = locust_processes(proc.pid, 2)
-        time.sleep(4)
+        run_dir = tmp_path / "kill1"
+        # Both workers have sent load and spooled records of it.
+        wait_for("both workers' records", lambda: all(spooled_by(run_dir, w.pid) >= 3 for w in workers))
+        t_ns, received = received_and_on_disk(sim.base_url, run_dir)
         victim = workers[0].pid
         os.kill(victim, signal.SIGKILL)
         out, _err = proc.communicate(timeout=120)
-    run_dir = Path(out.strip().splitlines()[-1])
+        host = sim_stats(sim.base_url)
+    assert Path(out.strip().splitlines()[-1]) == run_dir
     final = keys(records(run_dir))
+    # Against what was sent (the host's own count): every request received before the kill, whose
+    # record had reached a disk, is kept (up to 4 sent in the instant between the host's count and
+    # the clock reading also count), and nothing is recorded that the host never received. (What
+    # the victim made in its last flush interval and its streams in flight are lost with it.)
+    kept = sent_before(records(run_dir), t_ns)
+    assert received <= kept <= received + 4, (received, kept)
+    assert len(final) <= host["chat_requests"], (len(final), host)
     spooled = spool_records(run_dir)
     assert keys(spooled) <= final, "every record a worker wrote is in the run folder"
     survivors = {r["worker"] for r in spooled if not r["worker"].endswith(f":{victim}")}
@@ -146,17 +211,28 @@ def test_worker_then_master_killed_the_folder_is_recovered(tmp_path: Path) -> No
             "kill2",
         )
         master, workers = locust_processes(proc.pid, 2)
-        time.sleep(4)
+        run_dir = tmp_path / "kill2"
+        wait_for("both workers' records", lambda: all(spooled_by(run_dir, w.pid) >= 3 for w in workers))
+        t_ns, received = received_and_on_disk(sim.base_url, run_dir)
         os.kill(workers[0].pid, signal.SIGKILL)
-        time.sleep(2)
+        # The survivor goes on sending after the kill before the master is stopped.
+        before = sim_stats(sim.base_url)["chat_requests"]
+        wait_for("load after the kill", lambda: sim_stats(sim.base_url)["chat_requests"] >= before + 10)
         master.send_signal(signal.SIGTERM)
         out, _err = proc.communicate(timeout=120)
+        host = sim_stats(sim.base_url)
     assert proc.returncode != 0
-    run_dir = Path(out.strip().splitlines()[-1])
+    assert Path(out.strip().splitlines()[-1]) == run_dir
     spooled = spool_records(run_dir)
     final = records(run_dir)
     assert spooled and keys(spooled) <= keys(final), "the spools' records were merged back"
     assert len(keys(final)) == len(final), "no record twice"
+    # Against what was sent: every request received before the kills, whose record had reached a
+    # disk, is recovered (as above); nothing is recorded that the
+    # host never received.
+    kept = sent_before(final, t_ns)
+    assert received <= kept <= received + 4, (received, kept)
+    assert len(final) <= host["chat_requests"], (len(final), host)
     manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
     assert manifest["exit_code"] == proc.returncode
 

@@ -10,6 +10,7 @@ import pytest
 from harness_helpers import harness, last_line
 from recordgen import T0_NS, record, write_run
 
+from harness.diagnostics import DELAYED_ACK_MS
 from harness.report import build
 
 
@@ -87,10 +88,19 @@ def test_report_names_nagle_for_reuse_runs_against_foundry(tmp_path: Path) -> No
         assert proc.returncode == 0, proc.stderr
         runs.append(Path(last_line(proc.stdout)))
     summary = build(runs, tmp_path / "report", formats=["md", "json"]).summary
-    found = {d["key"]["connection"]: {f["pattern"] for f in d["findings"]} for d in summary["diagnostics"]}
-    assert "nagle" in found["reuse"], summary["diagnostics"]
-    assert "nagle" not in found["new"] and "nagle" not in found["reuse-quickack"], found
-    assert "Nagle" in (tmp_path / "report" / "report.md").read_text()
+    diags = {d["key"]["connection"]: d for d in summary["diagnostics"]}
+    found = {policy: {f["pattern"] for f in d["findings"]} for policy, d in diags.items()}
+    # Whether `reuse` must show Nagle follows from this host's own speed, measured by the `new` run
+    # (fresh connections ACK at once) on this machine: named when the host is clearly faster than
+    # the 40 ms delayed-ACK floor, not when it is slower, either way within a few ms of it.
+    own = diags["new"]["stats"]["fresh_ttfb_to_ttft_ms_p50"]
+    assert own is not None
+    if own < DELAYED_ACK_MS - 10:
+        assert "nagle" in found["reuse"], (own, summary["diagnostics"])
+        assert "Nagle" in (tmp_path / "report" / "report.md").read_text()
+    elif own > DELAYED_ACK_MS + 5:
+        assert "nagle" not in found["reuse"], (own, summary["diagnostics"])
+    assert "nagle" not in found["new"] and "nagle" not in found["reuse-quickack"], (own, found)
 
 
 def test_a_run_can_ask_for_no_trimming(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ rest of the harness can be tested and calibrated against it: `POST /v1/chat/comp
 and not), `GET /v1/models`, `GET /status`, `GET /models/loaded`, and `GET /sim/stats` (its own
 counters). Faults are injected on demand, each with its own probability per request.
 
-Wire format of a streamed reply (one HTTP chunk per event, TCP_NODELAY on):
+Wire format of a streamed reply (one HTTP chunk per event, TCP_NODELAY on unless `--nagle`):
   headers and `delta: {"role":"assistant","content":""}` at once, then one `delta.content` event per
   token, the first `ttft` after the request was admitted and the next ones every `itl` (scheduled
   at absolute times, so errors never accumulate), then `delta: {}` with `finish_reason`, then the
@@ -33,6 +33,8 @@ sent, and `/sim/stats` counts them). Faults are drawn only for valid chat reques
   no-usage      no usage chunk (no `usage` key when not streaming)
   split         every write cut into pieces 1 ms apart, cuts inside chunk-size lines, CRLFs and `\\n\\n`
   content-type  `Content-Type: application/json` over the normal SSE body (also for `stream: false`)
+On a clean stop (SIGTERM/SIGINT) `serve sim` writes `sim: final stats {...}` (the `/sim/stats`
+counters) as its last line on stderr.
 `--down-after-s S` closes the listening socket S seconds after start, for `--down-for-s`, so new
 connects are refused in that window (open connections go on).
 
@@ -58,6 +60,7 @@ import random
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -102,6 +105,7 @@ _VOCAB = tuple(
         " commodo"
     )
 )
+_CRLF_PIECES = re.compile(rb".*?\r\n|.+", re.S)  # a write cut after each CRLF
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
 # Items due this close to now are handled in the pass already running instead of costing one more
@@ -140,6 +144,8 @@ class SimConfig:
     #: substring of the last user message -> answer text; first match (in order) wins over `answer`
     answers: dict[str, str] = field(default_factory=dict)
     foundry_quirks: bool = False
+    #: leave Nagle's algorithm on (no TCP_NODELAY), as Foundry Local's web service does
+    nagle: bool = False
     fault_refuse: float = 0.0
     fault_500: float = 0.0
     fault_429: float = 0.0
@@ -503,6 +509,7 @@ class _Conn(asyncio.Protocol):
         self.continued = False
         self.split = False
         self.pending: deque[bytes | None] = deque()
+        self.nagle_writes = False
 
     # asyncio callbacks
 
@@ -519,7 +526,8 @@ class _Conn(asyncio.Protocol):
             self.closed = True
             tr.abort()
             return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # asyncio switches Nagle off on every TCP transport already; `--nagle` switches it back on.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0 if sim.config.nagle else 1)
         sim.conns.add(self)
         sim.stats["open_connections"] = len(sim.conns)
 
@@ -536,6 +544,13 @@ class _Conn(asyncio.Protocol):
     # writing
 
     def send(self, data: bytes) -> None:
+        if self.nagle_writes and self.transport is not None and not self.split and not self.pending:
+            # As Foundry's server (oatpp) writes a stream: the headers, then each chunk-size line and
+            # each chunk in a write of its own. With Nagle on, every small write waits for the ACK
+            # of the one before; a client that delays its ACKs then gets the stream ~40 ms late.
+            for piece in _CRLF_PIECES.findall(data):
+                self.transport.write(piece)
+            return
         if self.split:
             self._queue_pieces(data)
         elif self.pending:  # behind pieces of a split reply still going out
@@ -829,7 +844,12 @@ class _Reply:
                 head.append(b"%s: %s\r\n" % (name, value) * copies)
             head.append(b"Transfer-Encoding: chunked\r\nServer: harness-sim\r\n%b\r\n" % self._fault_header())
             role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-            conn.send(b"".join(head) + _chunk(self._event(role)))
+            if sim.config.nagle:
+                conn.nagle_writes = True
+                conn.send(b"".join(head))
+                conn.send(_chunk(self._event(role)))
+            else:
+                conn.send(b"".join(head) + _chunk(self._event(role)))
         sim.admit(self)
 
     def _respond_whole_fault(self, kind: str) -> None:
@@ -1151,6 +1171,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send Content-Type, Cache-Control and Connection twice on streams, as oatpp does",
     )
+    a(
+        "--nagle",
+        action="store_true",
+        help="leave Nagle's algorithm on (no TCP_NODELAY), as Foundry Local does: a client that reuses "
+        "connections and delays its ACKs sees the first token on the ~40 ms delayed-ACK floor",
+    )
     g = parser.add_argument_group("faults (probability per request, 0..1)")
     for kind in FAULT_KINDS:
         g.add_argument(f"--fault-{kind}", type=_probability, default=0.0, metavar="P", help=_FAULT_HELP[kind])
@@ -1211,6 +1237,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         answer=args.answer,
         answers=answers,
         foundry_quirks=args.foundry_quirks,
+        nagle=args.nagle,
         retry_after_s=args.retry_after_s,
         stall_s=args.stall_s,
         stall_then=args.stall_then,
@@ -1232,4 +1259,8 @@ def serve(args: argparse.Namespace) -> int:
     # Objects alive now never die: keep them out of the collector's full passes (fewer pauses).
     gc.freeze()
     server.serve_forever(on_ready=lambda url: print_ready(url, config.models))
+    # The host's own count of what it received, in its log (an embedded host's log is in the run
+    # folder): the independent count tests check a run's records against.
+    sys.stderr.write("sim: final stats " + orjson.dumps(server.stats()).decode() + "\n")
+    sys.stderr.flush()
     return 0
