@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 
 import orjson
 import pytest
@@ -258,3 +259,71 @@ def test_kernel_stamp_maps_arrival_onto_the_monotonic_clock() -> None:
         with scripted_server([Script(foundry_stream(TOKENS))]) as (url, _):
             conn = Connection(url)
             assert conn.chat(BODY).ok and conn._kernel_stamps
+
+
+# --- the first token keeps its own arrival time when a late read takes it with the second ---------
+GAP_S = 0.1  # scripted: first content event 0.1 s after the role chunk, the second 0.1 s after that
+
+
+class _LateSocket(socket.socket):
+    """A real socket whose second read starts only after `delay_s`, as a busy event loop's would."""
+
+    delay_s = 0.0
+    reads = 0
+    late_read_done_ns = 0
+
+    def recvmsg(self, *args):  # type: ignore[no-untyped-def]
+        import time
+
+        self.reads += 1
+        if self.reads == 2:
+            time.sleep(self.delay_s)
+        out = super().recvmsg(*args)
+        if self.reads == 2:
+            _LateSocket.late_read_done_ns = time.perf_counter_ns()
+        return out
+
+
+def _late_read_chat(monkeypatch: pytest.MonkeyPatch, *, watch: bool):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("HARNESS_FIRST_TOKEN_WATCH", "1" if watch else "0")
+    real_create = socket.create_connection
+
+    def create(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real = real_create(*args, **kwargs)
+        late = _LateSocket(real.family, real.type, real.proto, fileno=real.detach())
+        late.delay_s = 3.5 * GAP_S  # past both content events
+        return late
+
+    monkeypatch.setattr(socket, "create_connection", create)
+    steps = [HEAD_SSE, chunk(sse(delta("", role="assistant"))), ("sleep", GAP_S)]
+    steps += [chunk(sse(delta("first"))), ("sleep", GAP_S), chunk(sse(delta("second")))]
+    steps += foundry_stream(["third"])[2:]  # one more token, finish, usage, [DONE]
+    with scripted_server([Script(steps)]) as (url, _):
+        conn = Connection(url)
+        res = conn.chat(BODY)
+        conn.close()
+    assert res.ok and res.content_events == 3, res.error_detail
+    assert conn.kernel_stamps or not res.reads
+    # The late read really did take both content events: it finished after the second arrived.
+    assert _LateSocket.late_read_done_ns >= res.token_ns[1]
+    return res
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive stamps: Linux")
+def test_first_token_keeps_its_own_arrival_when_a_late_read_takes_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    res = _late_read_chat(monkeypatch, watch=True)
+    first, second = res.token_ns[0], res.token_ns[1]
+    # Two-sided, from the script alone: the server sent the first content event GAP_S after it had
+    # the request (so no earlier than GAP_S after our send), and the second GAP_S after the first
+    # (so the first arrived at least GAP_S before the second; 1 ms for the stamps' clock mapping).
+    assert (first - res.sent_ns) / 1e9 >= GAP_S
+    assert (second - first) / 1e9 >= GAP_S - 0.001, "first token stamped with the second's arrival"
+    assert res.first_token_ns == first
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive stamps: Linux")
+def test_without_the_watcher_a_late_read_stamps_both_tokens_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The condition the watcher is for: one read, one stamp, that of the last segment."""
+    res = _late_read_chat(monkeypatch, watch=False)
+    assert res.token_ns[0] == res.token_ns[1]
+    assert (res.token_ns[1] - res.sent_ns) / 1e9 >= 2 * GAP_S

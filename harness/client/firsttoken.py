@@ -1,0 +1,161 @@
+"""The first-token watcher: the arrival time of each byte run before the first token, seen by a thread.
+
+Why it exists (measured on Linux 6.x, loopback; benchmarks/README.md "client ceiling"): a read's
+kernel receive stamp (`SO_TIMESTAMPNS`) is that of the last segment it copied, and TCP merges a
+segment into the unread one before it in the receive queue (`tcp_try_coalesce`), the merged one
+taking the *later* stamp. So once a busy event loop reads a stream late enough for the first and
+second content events to sit in the queue together, the first token's own arrival is gone:
+smaller reads, `MSG_PEEK` or `SO_RCVLOWAT` all see one merged segment with the second one's stamp,
+and TTFT comes out exactly one token gap late.
+
+The only way to keep it is to look at the queue while the first content event is still alone in
+it. One real OS thread per process (not a greenlet: it must run while gevent's loop is busy) waits
+in its own epoll, edge-triggered, on the sockets of requests that have their headers but not yet
+their first token. On every arrival it peeks (`MSG_PEEK`, nothing consumed) and notes an
+observation: "the first L unread bytes were all present by kernel time W". The reading code, when
+its read finally returns, splits the bytes at those lengths and gives each part the stamp of the
+first observation that held it. After the first token the socket leaves the epoll: token reads,
+the common path, pay nothing.
+
+The thread needs the GIL to peek, which a busy loop gives up within `sys.getswitchinterval()`
+(5 ms by default): the first token keeps its own stamp as long as that is shorter than the gap to
+the second token. When it is not, the stamp is the read's, as without the watcher: never earlier
+than the truth.
+
+Validity of an observation for read k (whose stamp is S_k, the previous read's S_k-1): every byte
+it saw was present before read k's syscall and after read k-1's, so S_k-1 < W <= S_k and
+L <= len(data). Anything else (a peek that raced a read) is dropped; it can only cost precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import struct
+import sys
+from typing import Any
+
+__all__ = ["Watch", "enabled", "watcher"]
+
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_ANC_SIZE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
+_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+_PEEK_SIZE = 65536
+# gevent's monkey-patching removes select.epoll (not the constants, but do not rely on that).
+_EPOLLIN = getattr(select, "EPOLLIN", 0x001)
+_EPOLLET = getattr(select, "EPOLLET", 1 << 31)
+
+
+def enabled() -> bool:
+    """On unless `HARNESS_FIRST_TOKEN_WATCH=0`: benchmarks switch it off to show what it changes."""
+    return os.environ.get("HARNESS_FIRST_TOKEN_WATCH", "1") != "0"
+
+
+def _original(module: str, name: str) -> Any:
+    """The standard library's own object, also in a process gevent has monkey-patched (Locust):
+    the watcher must be a real thread with a real epoll, never a greenlet."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        try:
+            return monkey.get_original(module, name)
+        except (AttributeError, ImportError):
+            return None
+    return getattr(sys.modules.get(module) or __import__(module), name, None)
+
+
+class Watch:
+    """One connection's registration: a duplicate of its socket the thread peeks on, and the
+    observations (kernel ns W, bytes L) collected since the reader last took them."""
+
+    __slots__ = ("armed", "fd", "obs", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        import _socket
+
+        fd = os.dup(sock.fileno())
+        # A plain C socket: no gevent wrapper, no timeout, so a MSG_DONTWAIT peek never waits.
+        self.sock: Any = _socket.socket(fileno=fd)
+        self.fd = fd
+        self.obs: list[tuple[int, int]] = []
+        self.armed = False
+
+
+class _Watcher:
+    def __init__(self) -> None:
+        epoll = _original("select", "epoll")
+        start = _original("_thread", "start_new_thread")
+        if epoll is None or start is None:
+            raise OSError("no epoll")
+        self.ep = epoll()
+        self.watches: dict[int, Watch] = {}
+        self.pid = os.getpid()
+        start(self._run, ())
+
+    def _run(self) -> None:
+        poll = self.ep.poll
+        watches = self.watches
+        anc = _ANC_SIZE
+        while True:
+            try:
+                events = poll(1.0)
+            except OSError:
+                return
+            for fd, _ in events:
+                w = watches.get(fd)
+                if w is None or not w.armed:
+                    continue
+                try:
+                    data, ancillary, _flags, _addr = w.sock.recvmsg(_PEEK_SIZE, anc, _PEEK)
+                except OSError:
+                    continue
+                if not data:
+                    continue
+                for level, kind, raw in ancillary:
+                    if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= 16:
+                        sec, nsec = struct.unpack_from("qq", raw)
+                        obs = w.obs
+                        if not obs or len(data) > obs[-1][1]:
+                            obs.append((sec * 1_000_000_000 + nsec, len(data)))
+                        break
+
+    # --- the reader's side (any thread or greenlet; epoll_ctl never blocks) ------------------
+    def attach(self, sock: socket.socket) -> Watch:
+        w = Watch(sock)
+        self.watches[w.fd] = w
+        return w
+
+    def arm(self, w: Watch) -> None:
+        w.obs = []
+        w.armed = True
+        try:
+            self.ep.register(w.fd, _EPOLLIN | _EPOLLET)
+        except FileExistsError:
+            self.ep.modify(w.fd, _EPOLLIN | _EPOLLET)
+
+    def disarm(self, w: Watch) -> None:
+        if w.armed:
+            w.armed = False
+            with contextlib.suppress(OSError):  # already gone with its socket
+                self.ep.unregister(w.fd)
+
+    def detach(self, w: Watch) -> None:
+        self.disarm(w)
+        self.watches.pop(w.fd, None)
+        w.sock.close()
+
+
+_watcher: _Watcher | None = None
+
+
+def watcher() -> _Watcher | None:
+    """This process's watcher, started on first use (again after a fork); None where there is no
+    epoll or no way to start a real thread."""
+    global _watcher
+    if _watcher is None or _watcher.pid != os.getpid():
+        try:
+            _watcher = _Watcher()
+        except (OSError, RuntimeError):
+            return None
+    return _watcher
