@@ -22,6 +22,11 @@ apart); events/s, client CPU %, content events per read, the worker's event-loop
 (client_metrics.jsonl), and what the report's client-health rule (`harness.report.wire.verdict`)
 and stream diagnostics (`harness.diagnostics.diagnose`) say about the run.
 
+First, what the kernel gives (printed, ~0.5 s): three 200-byte segments sent 20 ms apart into a
+socket nobody reads, then read one segment at a time, and peeked: which receive stamp each read
+carries. On Linux 6.x every read shows the last segment's stamp: unread segments merge in the
+receive queue, so no read size, MSG_PEEK or SO_RCVLOWAT after the fact recovers the first one's.
+
 Cost (`--no-cost` skips it): 200 users against a fast host (TTFT 10 ms, ITL 1 ms: far more events
 than one core takes, several per read), fix off and on: token events per client CPU-second. The
 watcher works per request (one epoll registration, a peek per arrival before the first token), so
@@ -182,6 +187,51 @@ def run_once(a: argparse.Namespace, host: ExactHost, users: int, watch: bool, d:
     return res
 
 
+def kernel_probe(segments: int = 3, gap_s: float = 0.02, size: int = 200) -> tuple[list[float], float]:
+    """Stamps (ms after the first send) of segment-sized reads made after all segments arrived,
+    and of a 1-byte MSG_PEEK made before them."""
+    import socket
+    import struct
+    import threading
+
+    so = getattr(socket, "SO_TIMESTAMPNS", 35)
+    anc = socket.CMSG_SPACE(16)
+
+    def stamp(ancillary: list[tuple[int, int, bytes]]) -> int:
+        for level, kind, raw in ancillary:
+            if level == socket.SOL_SOCKET and kind == so:
+                sec, nsec = struct.unpack_from("qq", raw)
+                return int(sec * 1_000_000_000 + nsec)
+        return 0
+
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    sent: list[int] = []
+
+    def serve() -> None:
+        c, _ = ls.accept()
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(segments):
+            sent.append(time.time_ns())
+            c.sendall(bytes([65 + i]) * size)
+            time.sleep(gap_s)
+        time.sleep(0.2)
+        c.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    s = socket.create_connection(ls.getsockname())
+    s.setsockopt(socket.SOL_SOCKET, so, 1)
+    time.sleep(segments * gap_s + 0.05)
+    _, peek_anc, _, _ = s.recvmsg(1, anc, socket.MSG_PEEK)
+    stamps = [stamp(s.recvmsg(size, anc)[1]) for _ in range(segments)]
+    t.join()
+    s.close()
+    ls.close()
+    return [(x - sent[0]) / 1e6 for x in stamps], (stamp(peek_anc) - sent[0]) / 1e6
+
+
 def match_errors(records: list[dict[str, Any]], truth: np.ndarray) -> np.ndarray:
     """Per request: harness first-token arrival minus the host's first-token write, ms.
 
@@ -229,6 +279,13 @@ def main() -> int:
         f"bench_ceiling: exact C host on CPU {a.server_cpu} (ttft {TTFT_MS:g} ms, itl {ITL_MS:g} ms, "
         f"{TOKENS} tokens), one harness worker on CPU {a.client_cpu}; {a.repeats} repeat(s), window "
         f"{a.window_s:g} s; loadavg {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    segs, peek = kernel_probe()
+    print(
+        f"kernel: 3 segments sent at 0, 20, 40 ms, read later one segment at a time: stamps "
+        f"{', '.join(f'{x:.1f}' for x in segs)} ms; a 1-byte MSG_PEEK first: {peek:.1f} ms "
+        f"({'merged: the last segment stamps them all' if max(segs) - min(segs) < 1 else 'kept apart'})",
         flush=True,
     )
     runs: list[dict[str, Any]] = []

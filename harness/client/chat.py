@@ -33,6 +33,7 @@ import ssl
 import struct
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -208,7 +209,9 @@ class Connection:
         self._want_kernel_stamps = kernel_stamps
         self._kernel_stamps = False
         self._sock: socket.socket | None = None
+        self._watcher: Any = None  # this process's first-token watcher, for kernel-stamped sockets
         self._watch: firsttoken.Watch | None = None
+        self._unwatch: weakref.finalize | None = None
         self._requests_on_sock = 0
         self._leftover = b""
 
@@ -219,11 +222,9 @@ class Connection:
 
     # --- connection management -------------------------------------------------------------
     def close(self) -> None:
-        if self._watch is not None:
-            w, self._watch = self._watch, None
-            wt = firsttoken.watcher()
-            if wt is not None:
-                wt.detach(w)
+        if self._unwatch is not None:
+            self._unwatch()  # detaches the watch (once), as it would if the connection were dropped
+            self._unwatch = self._watch = None
         if self._sock is not None:
             try:
                 self._sock.close()
@@ -246,13 +247,8 @@ class Connection:
                 self._kernel_stamps = True
             except OSError:
                 pass
-            # The first-token watcher needs the kernel's stamps: it compares them with the reads'.
-            wt = firsttoken.watcher() if self._kernel_stamps and firsttoken.enabled() else None
-            if wt is not None:
-                try:
-                    self._watch = wt.attach(sock)
-                except OSError:
-                    self._watch = None
+        # The first-token watcher needs the kernel's stamps: it compares them with the reads'.
+        self._watcher = firsttoken.watcher() if self._kernel_stamps and firsttoken.enabled() else None
         self._sock = sock
         self._requests_on_sock = 0
         return time.perf_counter_ns() - t0
@@ -368,7 +364,7 @@ class Connection:
         recv = sock.recv
         perf = time.perf_counter_ns
         watch = self._watch
-        wt = firsttoken.watcher() if watch is not None else None
+        wt = self._watcher
         watching = False
         track = wt is not None  # keep the reads' ancillary data while the watcher may be needed
         last_anc: list[tuple[int, int, bytes]] = []
@@ -525,12 +521,20 @@ class Connection:
                 # Watch the socket from the headers until the first token (see firsttoken.py).
                 if res.first_token_ns is None:
                     if not watching:
-                        wt.arm(watch)  # type: ignore[arg-type]
-                        watching = True
-                        prev_raw = _kernel_ns(last_anc)
+                        try:
+                            if watch is None:
+                                watch = self._watch = wt.attach(sock)
+                                # A connection dropped without close() must not keep its socket open.
+                                self._unwatch = weakref.finalize(self, wt.detach, watch)
+                            wt.arm(watch)
+                            watching = True
+                            prev_raw = _kernel_ns(last_anc)
+                        except OSError:  # no descriptor to spare: measure as without the watcher
+                            wt = None
+                            track = False
                 else:
                     if watching:
-                        wt.disarm(watch)  # type: ignore[arg-type]
+                        wt.disarm(watch)
                     watching = track = False
                     wt = None
             try:
@@ -548,7 +552,7 @@ class Connection:
                     break
                 raise _Closed(f"{exc} mid-stream") from None
         if watching:
-            wt.disarm(watch)  # type: ignore[union-attr, arg-type]
+            wt.disarm(watch)
         if non_sse is None:
             for ev in parser.flush():
                 done = self._on_event(ev, stamp, res, texts if keep_text else None) or done

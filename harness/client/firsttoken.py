@@ -17,10 +17,13 @@ its read finally returns, splits the bytes at those lengths and gives each part 
 first observation that held it. After the first token the socket leaves the epoll: token reads,
 the common path, pay nothing.
 
-The thread needs the GIL to peek, which a busy loop gives up within `sys.getswitchinterval()`
-(5 ms by default): the first token keeps its own stamp as long as that is shorter than the gap to
-the second token. When it is not, the stamp is the read's, as without the watcher: never earlier
-than the truth.
+The thread needs the GIL once per wake-up, which a busy loop gives up within
+`sys.getswitchinterval()` (5 ms by default): the first token keeps its own stamp as long as that is
+shorter than the gap to the second token. When it is not, the stamp is the read's, as without the
+watcher: never earlier than the truth. The peeks themselves call libc's `recvmsg` through
+`ctypes.PyDLL`, which keeps the GIL (a MSG_DONTWAIT peek never blocks): a Python socket call would
+hand the GIL back to the loop at every peek and wait up to 5 ms to get it again, and one wake-up
+often has several sockets to peek.
 
 Validity of an observation for read k (whose stamp is S_k, the previous read's S_k-1): every byte
 it saw was present before read k's syscall and after read k-1's, so S_k-1 < W <= S_k and
@@ -43,6 +46,9 @@ _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _ANC_SIZE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
 _PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 _PEEK_SIZE = 65536
+# struct cmsghdr on 64-bit Linux (size_t len; int level; int type), then the timespec.
+_CMSG = struct.Struct("=Qiiqq")
+_CMSG_HEAD = 16
 # gevent's monkey-patching removes select.epoll (not the constants, but do not rely on that).
 _EPOLLIN = getattr(select, "EPOLLIN", 0x001)
 _EPOLLET = getattr(select, "EPOLLET", 1 << 31)
@@ -66,20 +72,61 @@ def _original(module: str, name: str) -> Any:
 
 
 class Watch:
-    """One connection's registration: a duplicate of its socket the thread peeks on, and the
-    observations (kernel ns W, bytes L) collected since the reader last took them."""
+    """One connection's registration: a duplicate of its socket's descriptor (a number the thread
+    can use until the watch is detached, whatever the connection does), and the observations
+    (kernel ns W, bytes L) collected since the reader last took them."""
 
-    __slots__ = ("armed", "fd", "obs", "sock")
+    __slots__ = ("armed", "fd", "obs")
 
     def __init__(self, sock: socket.socket) -> None:
-        import _socket
-
-        fd = os.dup(sock.fileno())
-        # A plain C socket: no gevent wrapper, no timeout, so a MSG_DONTWAIT peek never waits.
-        self.sock: Any = _socket.socket(fileno=fd)
-        self.fd = fd
+        self.fd = os.dup(sock.fileno())
         self.obs: list[tuple[int, int]] = []
         self.armed = False
+
+
+class _Peek:
+    """`recvmsg(fd, MSG_PEEK | MSG_DONTWAIT)` through libc with the GIL held: (bytes queued, kernel
+    receive stamp in ns) or None. One scratch buffer: only the length and the stamp are kept."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        class IoVec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+        class MsgHdr(ctypes.Structure):
+            _fields_ = [
+                ("name", ctypes.c_void_p),
+                ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.POINTER(IoVec)),
+                ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p),
+                ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int),
+            ]
+
+        libc = ctypes.PyDLL(None)
+        self._recvmsg = libc.recvmsg
+        self._recvmsg.argtypes = [ctypes.c_int, ctypes.POINTER(MsgHdr), ctypes.c_int]
+        self._recvmsg.restype = ctypes.c_ssize_t
+        self._buf = ctypes.create_string_buffer(_PEEK_SIZE)
+        self._ctl = ctypes.create_string_buffer(_ANC_SIZE)
+        self._iov = IoVec(ctypes.cast(self._buf, ctypes.c_void_p), _PEEK_SIZE)
+        self._msg = MsgHdr(
+            None, 0, ctypes.pointer(self._iov), 1, ctypes.cast(self._ctl, ctypes.c_void_p), 0, 0
+        )
+        self._ref = ctypes.byref(self._msg)
+
+    def __call__(self, fd: int) -> tuple[int, int] | None:
+        msg = self._msg
+        msg.controllen = _ANC_SIZE
+        n = self._recvmsg(fd, self._ref, _PEEK)
+        if n <= 0 or msg.controllen < _CMSG_HEAD + 16:
+            return None
+        _len, level, kind, sec, nsec = _CMSG.unpack_from(self._ctl.raw)
+        if level != socket.SOL_SOCKET or kind != _SO_TIMESTAMPNS:
+            return None
+        return int(n), sec * 1_000_000_000 + nsec
 
 
 class _Watcher:
@@ -88,6 +135,7 @@ class _Watcher:
         start = _original("_thread", "start_new_thread")
         if epoll is None or start is None:
             raise OSError("no epoll")
+        self.peek = _Peek()
         self.ep = epoll()
         self.watches: dict[int, Watch] = {}
         self.pid = os.getpid()
@@ -96,7 +144,7 @@ class _Watcher:
     def _run(self) -> None:
         poll = self.ep.poll
         watches = self.watches
-        anc = _ANC_SIZE
+        peek = self.peek
         while True:
             try:
                 events = poll(1.0)
@@ -106,19 +154,12 @@ class _Watcher:
                 w = watches.get(fd)
                 if w is None or not w.armed:
                     continue
-                try:
-                    data, ancillary, _flags, _addr = w.sock.recvmsg(_PEEK_SIZE, anc, _PEEK)
-                except OSError:
-                    continue
-                if not data:
-                    continue
-                for level, kind, raw in ancillary:
-                    if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= 16:
-                        sec, nsec = struct.unpack_from("qq", raw)
-                        obs = w.obs
-                        if not obs or len(data) > obs[-1][1]:
-                            obs.append((sec * 1_000_000_000 + nsec, len(data)))
-                        break
+                seen = peek(fd)
+                if seen is not None:
+                    size, ns = seen
+                    obs = w.obs
+                    if not obs or size > obs[-1][1]:
+                        obs.append((ns, size))
 
     # --- the reader's side (any thread or greenlet; epoll_ctl never blocks) ------------------
     def attach(self, sock: socket.socket) -> Watch:
@@ -143,7 +184,7 @@ class _Watcher:
     def detach(self, w: Watch) -> None:
         self.disarm(w)
         self.watches.pop(w.fd, None)
-        w.sock.close()
+        os.close(w.fd)
 
 
 _watcher: _Watcher | None = None
