@@ -310,7 +310,9 @@ def _late_read_chat(monkeypatch: pytest.MonkeyPatch, *, watch: bool):  # type: i
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive stamps: Linux")
-def test_first_token_keeps_its_own_arrival_when_a_late_read_takes_two(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_first_token_keeps_its_own_arrival_when_a_late_read_takes_two(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     res = _late_read_chat(monkeypatch, watch=True)
     first, second = res.token_ns[0], res.token_ns[1]
     # Two-sided, from the script alone: the server sent the first content event GAP_S after it had
@@ -327,3 +329,35 @@ def test_without_the_watcher_a_late_read_stamps_both_tokens_alike(monkeypatch: p
     res = _late_read_chat(monkeypatch, watch=False)
     assert res.token_ns[0] == res.token_ns[1]
     assert (res.token_ns[1] - res.sent_ns) / 1e9 >= 2 * GAP_S
+
+
+def test_a_read_is_split_only_at_observations_of_its_own_bytes() -> None:
+    """`_split`: an observation (kernel ns W, first L bytes present) counts for a read only if it
+    was made between the previous read and this one (prev < W < this read's stamp) and L fits."""
+    import struct
+    import time
+
+    from harness.client import chat as chat_mod
+
+    def anc(ns: int) -> list[tuple[int, int, bytes]]:
+        return [(socket.SOL_SOCKET, chat_mod._SCM_TIMESTAMPNS, struct.pack("qq", ns // 10**9, ns % 10**9))]
+
+    now_unix, now_perf = time.time_ns(), time.perf_counter_ns()
+    prev, read = now_unix - 50_000_000, now_unix - 10_000_000  # kernel stamps of the two reads
+    data = b"A" * 100 + b"B" * 100 + b"C" * 100
+    sent = now_perf - 100_000_000
+    obs = [(read - 30_000_000, 100), (read - 20_000_000, 200)]
+    raw, parts = chat_mod._split(data, now_perf, obs, anc(read), prev, sent)
+    assert raw == read
+    assert [p for p, _ in parts] == [b"A" * 100, b"B" * 100, b"C" * 100]
+    stamps = [s for _, s in parts]
+    assert stamps[2] == now_perf and stamps[0] < stamps[1] < stamps[2]
+    assert abs((stamps[1] - stamps[0]) / 1e6 - 10) < 0.5 and abs((now_perf - stamps[0]) / 1e6 - 40) < 1.0
+    # Observed before the previous read (its bytes were that read's), or after this one: dropped.
+    assert chat_mod._split(data, now_perf, [(prev - 1, 100)], anc(read), prev, sent)[1] == []
+    assert chat_mod._split(data, now_perf, [(read + 1, 100)], anc(read), prev, sent)[1] == []
+    # More bytes than the read holds, or all of them (nothing to split): dropped.
+    assert chat_mod._split(data, now_perf, [(read - 5, 400)], anc(read), prev, sent)[1] == []
+    assert chat_mod._split(data, now_perf, [(read - 5, 300)], anc(read), prev, sent)[1] == []
+    # No kernel stamp on the read: nothing to compare with.
+    assert chat_mod._split(data, now_perf, obs, [], prev, sent) == (None, [])
