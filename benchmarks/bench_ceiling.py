@@ -16,6 +16,9 @@ Per run, over the requests sent in the window after ramp + settle:
   minus the host's first-token write, each record matched to the host's line by send time against
   the host's kernel receive stamp (loopback: tens of µs apart, so in order); this error does not
   move when the shared CPU makes the host itself late;
+- `calm p99`: the same over the requests whose first token came while the client had its CPU: its
+  threads waited < 2 % of the 250 ms before for a CPU (`/proc/PID/task/*/schedstat`): on a shared
+  machine the rest measures other people's processes, not the client;
 - `1st=2nd`: the
 share of requests whose first two tokens carry one stamp (read together, and the first not kept
 apart); events/s, client CPU %, content events per read, the worker's event-loop lag p99
@@ -39,6 +42,7 @@ within 2 ms (and, printed beside it, TTFT p99 minus the host's own TTFT p99).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
@@ -46,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,7 @@ from harness.report.wire import verdict  # noqa: E402
 
 TTFT_MS, ITL_MS, TOKENS = 100.0, 10.0, 64
 TARGET_USERS, TARGET_MS = 500, 2.0
+CALM_SHARE = 0.02
 
 
 class ExactHost:
@@ -119,6 +125,7 @@ def run_once(a: argparse.Namespace, host: ExactHost, users: int, watch: bool, d:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     os.sched_setaffinity(proc.pid, {a.client_cpu})
     sampler = CpuSampler({"client": proc.pid})
+    runq = RunqSampler(proc.pid)
     try:
         code = proc.wait(a.ramp_s + run_s + 120)
     except subprocess.TimeoutExpired:
@@ -126,6 +133,7 @@ def run_once(a: argparse.Namespace, host: ExactHost, users: int, watch: bool, d:
         code = proc.wait()
     finally:
         sampler.stop()
+        runq.stop()
     time.sleep(1.2)  # the host's truth file is flushed once a second
     records = [r for r in read_jsonl(d / "records.jsonl") if not r.get("warmup")]
     if code != 0 or not records:
@@ -139,7 +147,10 @@ def run_once(a: argparse.Namespace, host: ExactHost, users: int, watch: bool, d:
     truth = truth[(truth[:, 0] >= lo) & (truth[:, 0] < hi)]
     ttft = np.array([r["ttft_ms"] for r in ok])
     true_ttft = (truth[:, 1] - truth[:, 0]) / 1e6
-    stamp_err = match_errors(ok, truth)
+    matched = match_errors(ok, truth)
+    stamp_err = matched[:, 0]
+    # Requests whose first token came while the client had its CPU (waited < 2 % of the 250 ms before).
+    calm = stamp_err[runq.waited_share(matched[:, 1].astype(np.int64)) < CALM_SHARE]
     events = sum(len(r.get("event_offsets_us") or ()) for r in ok)
     reads = sum(r.get("content_reads") or 0 for r in ok)
     first_alike = sum(
@@ -171,6 +182,8 @@ def run_once(a: argparse.Namespace, host: ExactHost, users: int, watch: bool, d:
         "matched": len(stamp_err) / len(ok),
         "stamp_p50": float(np.percentile(stamp_err, 50)) if len(stamp_err) else math.nan,
         "stamp_p99": float(np.percentile(stamp_err, 99)) if len(stamp_err) else math.nan,
+        "calm_share": len(calm) / len(stamp_err) if len(stamp_err) else math.nan,
+        "calm_p99": float(np.percentile(calm, 99)) if len(calm) >= 100 else math.nan,
         "events_s": events / ((hi - lo) / 1e9),
         "client_cpu": sampler.percent("client", lo, hi) or math.nan,
         "cpu_max": cpu_max,
@@ -232,8 +245,49 @@ def kernel_probe(segments: int = 3, gap_s: float = 0.02, size: int = 200) -> tup
     return [(x - sent[0]) / 1e6 for x in stamps], (stamp(peek_anc) - sent[0]) / 1e6
 
 
+class RunqSampler:
+    """Every 50 ms: how long the client's threads have waited for a CPU they were ready to run on
+    (`/proc/PID/task/*/schedstat`, second field). On a shared machine this is the time other
+    people's processes took from the client: a stamp can only be late by the client's fault when
+    this stayed near 0."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        base = Path(f"/proc/{self.pid}/task")
+        while not self._stop.is_set():
+            waited = 0
+            try:
+                for task in base.iterdir():
+                    with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that just ended
+                        waited += int((task / "schedstat").read_text().split()[1])
+            except OSError:
+                return
+            self.samples.append((time.time_ns(), waited))
+            self._stop.wait(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+    def waited_share(self, at_ns: np.ndarray, span_ns: int = 250_000_000) -> np.ndarray:
+        """Per instant: share of the span before it that the client's threads spent waiting for a CPU."""
+        if len(self.samples) < 2:
+            return np.full(len(at_ns), np.nan)
+        t = np.array([s[0] for s in self.samples], dtype=np.int64)
+        w = np.array([s[1] for s in self.samples], dtype=np.int64)
+        hi = np.interp(at_ns, t, w)
+        lo = np.interp(at_ns - span_ns, t, w)
+        return np.asarray((hi - lo) / span_ns)
+
+
 def match_errors(records: list[dict[str, Any]], truth: np.ndarray) -> np.ndarray:
-    """Per request: harness first-token arrival minus the host's first-token write, ms.
+    """Per request: harness first-token arrival minus the host's first-token write (ms), and that write's time.
 
     Records and host lines are matched in order of send time and kernel receive stamp (the host's
     stamp is 10-100 µs after the send on loopback); a record with no host line within 2 ms is left out."""
@@ -247,9 +301,9 @@ def match_errors(records: list[dict[str, Any]], truth: np.ndarray) -> np.ndarray
         while j < len(recv) and recv[j] < sent - 50_000:
             j += 1
         if j < len(recv) and recv[j] - sent < 2_000_000:
-            out.append((sent + r["ttft_ms"] * 1e6 - first[j]) / 1e6)
+            out.append(((sent + r["ttft_ms"] * 1e6 - first[j]) / 1e6, first[j]))
             j += 1
-    return np.array(out)
+    return np.array(out).reshape(-1, 2)
 
 
 def _f(v: float, fmt: str) -> str:
@@ -300,7 +354,8 @@ def main() -> int:
                         f"  [{rep + 1}/{a.repeats}] {users:>5} users, fix {'on ' if watch else 'off'}: "
                         f"TTFT-truth p50 {r['err_p50']:+.2f} p99 {r['err_p99']:+.2f} ms (host p99 "
                         f"{r['true_p99']:.2f}); stamp err p50 {r['stamp_p50']:+.2f} p99 {r['stamp_p99']:+.2f} "
-                        f"({100 * r['matched']:.0f} % matched), 1st=2nd {100 * r['first_alike']:.1f} %, {r['events_s']:,.0f} ev/s, "
+                        f"({100 * r['matched']:.0f} % matched; calm {100 * r['calm_share']:.0f} %: p99 "
+                        f"{_f(r['calm_p99'], '+.2f')}), 1st=2nd {100 * r['first_alike']:.1f} %, {r['events_s']:,.0f} ev/s, "
                         f"CPU {_f(r['client_cpu'], '.0f')} %, lag p99 {_f(r['lag_p99'], '.1f')} ms, "
                         f"load {r['loadavg']:.1f}",
                         flush=True,
@@ -327,7 +382,7 @@ def main() -> int:
 
     print(
         f"\n{'users':>5} {'fix':>4} {'runs':>4} {'p99-truth':>9} {'each run':>30} {'stamp p50':>9} {'stamp p99':>9} "
-        f"{'each run':>30} {'1st=2nd%':>8} {'ev/s':>7} {'CPU%':>5} {'ev/rd':>5} {'lag p99':>7}  health / diagnose"
+        f"{'each run':>30} {'calm p99, each run (calm %)':>44} {'1st=2nd%':>8} {'ev/s':>7} {'CPU%':>5} {'ev/rd':>5} {'lag p99':>7}  health / diagnose"
     )
     ok_all = True
     for users in levels:
@@ -336,17 +391,20 @@ def main() -> int:
             med = {k: statistics.median(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], float)}
             each = " ".join(f"{r['err_p99']:+.1f}" for r in rs)
             each_stamp = " ".join(f"{r['stamp_p99']:+.1f}" for r in rs)
+            each_calm = " ".join(f"{_f(r['calm_p99'], '+.1f')}({100 * r['calm_share']:.0f})" for r in rs)
             health = sorted({r["verdict"].split(" (")[0].split(":")[0] + " / " + r["diagnose"] for r in rs})
             print(
                 f"{users:>5} {'on' if watch else 'off':>4} {len(rs):>4} {med['err_p99']:>+9.2f} {each:>30} "
-                f"{med['stamp_p50']:>+9.2f} {med['stamp_p99']:>+9.2f} {each_stamp:>30} "
+                f"{med['stamp_p50']:>+9.2f} {med['stamp_p99']:>+9.2f} {each_stamp:>30} {each_calm:>44} "
                 f"{100 * med['first_alike']:>8.1f} {med['events_s']:>7,.0f} {_f(med['client_cpu'], '.0f'):>5} "
                 f"{_f(med['events_per_read'], '.2f'):>5} {_f(med['lag_p99'], '.1f'):>7}  {'; '.join(health)}"
             )
     print(
         "p99-truth: harness TTFT p99 minus the host's own TTFT p99 over the same window (ms); stamp: per request, "
         "harness first-token arrival minus the host's first-token write (ms); 1st=2nd: requests whose first two "
-        "tokens carry one stamp; medians over the runs; health: the report's client-health verdict and the "
+        "tokens carry one stamp; calm: only requests whose first token came while the client's threads had "
+        "waited for a CPU < 2 % of the 250 ms before (others' processes on a shared machine), p99 where >= 100 "
+        "such requests; medians over the runs; health: the report's client-health verdict and the "
         "stream diagnostics' patterns, as the rules stand"
     )
     if costs:
