@@ -68,7 +68,6 @@ from harness.report.wire import verdict  # noqa: E402
 
 TTFT_MS, ITL_MS, TOKENS = 100.0, 10.0, 64
 TARGET_USERS, TARGET_MS = 500, 2.0
-CALM_SHARE = 0.02
 
 
 class ExactHost:
@@ -150,7 +149,8 @@ def run_once(a: argparse.Namespace, host: ExactHost, users: int, watch: bool, d:
     matched = match_errors(ok, truth)
     stamp_err = matched[:, 0]
     # Requests whose first token came while the client had its CPU (waited < 2 % of the 250 ms before).
-    calm = stamp_err[runq.waited_share(matched[:, 1].astype(np.int64)) < CALM_SHARE]
+    waited = runq.waited_share(matched[:, 1].astype(np.int64))
+    calm = stamp_err[waited < a.calm_share]
     events = sum(len(r.get("event_offsets_us") or ()) for r in ok)
     reads = sum(r.get("content_reads") or 0 for r in ok)
     first_alike = sum(
@@ -183,6 +183,7 @@ def run_once(a: argparse.Namespace, host: ExactHost, users: int, watch: bool, d:
         "stamp_p50": float(np.percentile(stamp_err, 50)) if len(stamp_err) else math.nan,
         "stamp_p99": float(np.percentile(stamp_err, 99)) if len(stamp_err) else math.nan,
         "calm_share": len(calm) / len(stamp_err) if len(stamp_err) else math.nan,
+        "waited_p50": float(np.nanmedian(waited)) if len(waited) else math.nan,
         "calm_p99": float(np.percentile(calm, 99)) if len(calm) >= 100 else math.nan,
         "events_s": events / ((hi - lo) / 1e9),
         "client_cpu": sampler.percent("client", lo, hi) or math.nan,
@@ -320,6 +321,12 @@ def main() -> int:
     p.add_argument("--settle-s", type=float, default=1.0, help="skipped after ramp + stagger (default 1)")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
+    p.add_argument(
+        "--calm-share",
+        type=float,
+        default=0.02,
+        help="calm: the client's threads waited for a CPU less than this share of the 250 ms before (0.02)",
+    )
     p.add_argument("--no-cost", action="store_true", help="skip the events-per-CPU-second comparison")
     p.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
     a = p.parse_args()
@@ -354,7 +361,8 @@ def main() -> int:
                         f"  [{rep + 1}/{a.repeats}] {users:>5} users, fix {'on ' if watch else 'off'}: "
                         f"TTFT-truth p50 {r['err_p50']:+.2f} p99 {r['err_p99']:+.2f} ms (host p99 "
                         f"{r['true_p99']:.2f}); stamp err p50 {r['stamp_p50']:+.2f} p99 {r['stamp_p99']:+.2f} "
-                        f"({100 * r['matched']:.0f} % matched; calm {100 * r['calm_share']:.0f} %: p99 "
+                        f"({100 * r['matched']:.0f} % matched; waited for CPU {100 * r['waited_p50']:.0f} %; "
+                        f"calm {100 * r['calm_share']:.0f} %: p99 "
                         f"{_f(r['calm_p99'], '+.2f')}), 1st=2nd {100 * r['first_alike']:.1f} %, {r['events_s']:,.0f} ev/s, "
                         f"CPU {_f(r['client_cpu'], '.0f')} %, lag p99 {_f(r['lag_p99'], '.1f')} ms, "
                         f"load {r['loadavg']:.1f}",

@@ -197,6 +197,6 @@ def watcher() -> _Watcher | None:
     if _watcher is None or _watcher.pid != os.getpid():
         try:
             _watcher = _Watcher()
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, AttributeError):  # no epoll, no thread, no libc recvmsg
             return None
     return _watcher
