@@ -301,9 +301,11 @@ def _late_read_chat(monkeypatch: pytest.MonkeyPatch, *, watch: bool):  # type: i
     with scripted_server([Script(steps)]) as (url, _):
         conn = Connection(url)
         res = conn.chat(BODY)
+        watching = conn.first_token_watch
         conn.close()
     assert res.ok and res.content_events == 3, res.error_detail
     assert conn.kernel_stamps or not res.reads
+    assert watching is watch
     # The late read really did take both content events: it finished after the second arrived.
     assert _LateSocket.late_read_done_ns >= res.token_ns[1]
     return res

@@ -220,6 +220,12 @@ class Connection:
         """Whether the current socket's reads are stamped by the kernel (see the module docstring)."""
         return self._kernel_stamps
 
+    @property
+    def first_token_watch(self) -> bool:
+        """Whether the first-token watcher looks after the current socket (`firsttoken.py`): then a
+        late read does not move the first token's stamp either. For the client-health report."""
+        return self._watcher is not None
+
     # --- connection management -------------------------------------------------------------
     def close(self) -> None:
         if self._unwatch is not None:
