@@ -526,18 +526,18 @@ class Connection:
             if wt is not None:
                 # Watch the socket from the headers until the first token (see firsttoken.py).
                 if res.first_token_ns is None:
-                    if not watching:
-                        try:
-                            if watch is None:
-                                watch = self._watch = wt.attach(sock)
-                                # A connection dropped without close() must not keep its socket open.
-                                self._unwatch = weakref.finalize(self, wt.detach, watch)
-                            wt.arm(watch)
+                    try:
+                        if watch is None:
+                            watch = self._watch = wt.attach(sock)
+                            # A connection dropped without close() must not keep its socket open.
+                            self._unwatch = weakref.finalize(self, wt.detach, watch)
+                        wt.arm(watch)  # before every read until the first token: one peek each
+                        if not watching:
                             watching = True
                             prev_raw = _kernel_ns(last_anc)
-                        except OSError:  # no descriptor to spare: measure as without the watcher
-                            wt = None
-                            track = False
+                    except OSError:  # no descriptor to spare: measure as without the watcher
+                        wt = None
+                        watching = track = False
                 else:
                     if watching:
                         wt.disarm(watch)

@@ -10,12 +10,12 @@ and TTFT comes out exactly one token gap late.
 
 The only way to keep it is to look at the queue while the first content event is still alone in
 it. One real OS thread per process (not a greenlet: it must run while gevent's loop is busy) waits
-in its own epoll, edge-triggered, on the sockets of requests that have their headers but not yet
-their first token. On every arrival it peeks (`MSG_PEEK`, nothing consumed) and notes an
-observation: "the first L unread bytes were all present by kernel time W". The reading code, when
-its read finally returns, splits the bytes at those lengths and gives each part the stamp of the
-first observation that held it. After the first token the socket leaves the epoll: token reads,
-the common path, pay nothing.
+in its own epoll on the sockets of requests that have their headers but not yet their first token.
+Before each such read the reader arms the socket (one-shot, edge-triggered: one `epoll_ctl`); at
+the next arrival the thread peeks (`MSG_PEEK`, nothing consumed) and notes an observation: "the
+first L unread bytes were all present by kernel time W". When the read finally returns, the reader
+splits the bytes at L and gives the first part the stamp W. After the first token nothing is armed:
+token reads, the common path, pay nothing but a few local checks.
 
 The thread needs the GIL once per wake-up, which a busy loop gives up within
 `sys.getswitchinterval()` (5 ms by default): the first token keeps its own stamp as long as that is
@@ -52,6 +52,11 @@ _CMSG_HEAD = 16
 # gevent's monkey-patching removes select.epoll (not the constants, but do not rely on that).
 _EPOLLIN = getattr(select, "EPOLLIN", 0x001)
 _EPOLLET = getattr(select, "EPOLLET", 1 << 31)
+_EPOLLONESHOT = getattr(select, "EPOLLONESHOT", 1 << 30)
+# One wake-up per arming: the reader arms before each read until the first token, so the thread
+# peeks once per read (the arrival that makes the socket readable), never at every token of a
+# stream whose reader is behind; and nothing has to be undone at the first token.
+_ARMED = _EPOLLIN | _EPOLLET | _EPOLLONESHOT
 
 
 def enabled() -> bool:
@@ -76,12 +81,13 @@ class Watch:
     can use until the watch is detached, whatever the connection does), and the observations
     (kernel ns W, bytes L) collected since the reader last took them."""
 
-    __slots__ = ("armed", "fd", "obs")
+    __slots__ = ("armed", "fd", "obs", "registered")
 
     def __init__(self, sock: socket.socket) -> None:
         self.fd = os.dup(sock.fileno())
         self.obs: list[tuple[int, int]] = []
         self.armed = False
+        self.registered = False
 
 
 class _Peek:
@@ -168,22 +174,25 @@ class _Watcher:
         return w
 
     def arm(self, w: Watch) -> None:
+        """Before a read: one wake-up at the next arrival (at once if bytes are already queued)."""
         w.obs = []
         w.armed = True
-        try:
-            self.ep.register(w.fd, _EPOLLIN | _EPOLLET)
-        except FileExistsError:
-            self.ep.modify(w.fd, _EPOLLIN | _EPOLLET)
+        if w.registered:
+            self.ep.modify(w.fd, _ARMED)
+        else:
+            self.ep.register(w.fd, _ARMED)
+            w.registered = True
 
     def disarm(self, w: Watch) -> None:
-        if w.armed:
-            w.armed = False
-            with contextlib.suppress(OSError):  # already gone with its socket
-                self.ep.unregister(w.fd)
+        """At the first token: a wake-up still pending finds the watch unarmed and does nothing."""
+        w.armed = False
 
     def detach(self, w: Watch) -> None:
-        self.disarm(w)
+        w.armed = False
         self.watches.pop(w.fd, None)
+        if w.registered:
+            with contextlib.suppress(OSError):
+                self.ep.unregister(w.fd)
         os.close(w.fd)
 
 
