@@ -284,7 +284,7 @@ class _LateSocket(socket.socket):
         return out
 
 
-def _late_read_chat(monkeypatch: pytest.MonkeyPatch, *, watch: bool):  # type: ignore[no-untyped-def]
+def _late_read_chat(monkeypatch: pytest.MonkeyPatch, *, watch: bool, role_gap_s: float = 0.0):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("HARNESS_FIRST_TOKEN_WATCH", "1" if watch else "0")
     real_create = socket.create_connection
 
@@ -295,7 +295,7 @@ def _late_read_chat(monkeypatch: pytest.MonkeyPatch, *, watch: bool):  # type: i
         return late
 
     monkeypatch.setattr(socket, "create_connection", create)
-    steps = [HEAD_SSE, chunk(sse(delta("", role="assistant"))), ("sleep", GAP_S)]
+    steps = [HEAD_SSE, ("sleep", role_gap_s), chunk(sse(delta("", role="assistant"))), ("sleep", GAP_S)]
     steps += [chunk(sse(delta("first"))), ("sleep", GAP_S), chunk(sse(delta("second")))]
     steps += foundry_stream(["third"])[2:]  # one more token, finish, usage, [DONE]
     with scripted_server([Script(steps)]) as (url, _):
@@ -312,10 +312,11 @@ def _late_read_chat(monkeypatch: pytest.MonkeyPatch, *, watch: bool):  # type: i
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive stamps: Linux")
+@pytest.mark.parametrize("role_gap_s", [0.0, 0.02], ids=["role-with-headers", "role-apart"])
 def test_first_token_keeps_its_own_arrival_when_a_late_read_takes_two(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, role_gap_s: float
 ) -> None:
-    res = _late_read_chat(monkeypatch, watch=True)
+    res = _late_read_chat(monkeypatch, watch=True, role_gap_s=role_gap_s)
     first, second = res.token_ns[0], res.token_ns[1]
     # Two-sided, from the script alone: the server sent the first content event GAP_S after it had
     # the request (so no earlier than GAP_S after our send), and the second GAP_S after the first

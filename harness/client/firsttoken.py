@@ -13,9 +13,11 @@ it. One real OS thread per process (not a greenlet: it must run while gevent's l
 in its own epoll on the sockets of requests that have their headers but not yet their first token.
 Before each such read the reader arms the socket (one-shot, edge-triggered: one `epoll_ctl`); at
 the next arrival the thread peeks (`MSG_PEEK`, nothing consumed) and notes an observation: "the
-first L unread bytes were all present by kernel time W". When the read finally returns, the reader
-splits the bytes at L and gives the first part the stamp W. After the first token nothing is armed:
-token reads, the common path, pay nothing but a few local checks.
+first L unread bytes were all present by kernel time W"; if those bytes hold no token yet (an
+empty role chunk), it arms the socket again for the next arrival. When the read finally returns,
+the reader splits the bytes at the observed lengths and gives each part the stamp of the first
+observation that held it. After the first token nothing is armed: token reads, the common path,
+pay nothing but a few local checks.
 
 The thread needs the GIL once per wake-up, which a busy loop gives up within
 `sys.getswitchinterval()` (5 ms by default): the first token keeps its own stamp as long as that is
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import socket
 import struct
@@ -57,6 +60,10 @@ _EPOLLONESHOT = getattr(select, "EPOLLONESHOT", 1 << 30)
 # peeks once per read (the arrival that makes the socket readable), never at every token of a
 # stream whose reader is behind; and nothing has to be undone at the first token.
 _ARMED = _EPOLLIN | _EPOLLET | _EPOLLONESHOT
+# Bytes that look like a token event (non-empty content or reasoning, or tool calls): once a peek
+# has seen one, the thread stops; before that (headers, an empty role chunk) it arms itself again.
+# Only a guide for when to stop looking: the stamps themselves never depend on it.
+_TOKEN = re.compile(rb'"(?:content|reasoning_content|reasoning)"\s*:\s*"[^"]|"tool_calls"\s*:\s*\[')
 
 
 def enabled() -> bool:
@@ -122,8 +129,11 @@ class _Peek:
             None, 0, ctypes.pointer(self._iov), 1, ctypes.cast(self._ctl, ctypes.c_void_p), 0, 0
         )
         self._ref = ctypes.byref(self._msg)
+        self._string_at = ctypes.string_at
+        self._addr = ctypes.addressof(self._buf)
 
-    def __call__(self, fd: int) -> tuple[int, int] | None:
+    def __call__(self, fd: int) -> tuple[int, int, bool] | None:
+        """(bytes queued, kernel ns, whether they hold a token) or None."""
         msg = self._msg
         msg.controllen = _ANC_SIZE
         n = self._recvmsg(fd, self._ref, _PEEK)
@@ -132,7 +142,8 @@ class _Peek:
         _len, level, kind, sec, nsec = _CMSG.unpack_from(self._ctl.raw)
         if level != socket.SOL_SOCKET or kind != _SO_TIMESTAMPNS:
             return None
-        return int(n), sec * 1_000_000_000 + nsec
+        token = _TOKEN.search(self._string_at(self._addr, n)) is not None
+        return int(n), sec * 1_000_000_000 + nsec, token
 
 
 class _Watcher:
@@ -156,16 +167,24 @@ class _Watcher:
                 events = poll(1.0)
             except OSError:
                 return
+            again = []
             for fd, _ in events:
                 w = watches.get(fd)
                 if w is None or not w.armed:
                     continue
                 seen = peek(fd)
                 if seen is not None:
-                    size, ns = seen
+                    size, ns, token = seen
                     obs = w.obs
                     if not obs or size > obs[-1][1]:
                         obs.append((ns, size))
+                    if not token:
+                        again.append(w)
+            # Re-arming releases the GIL (epoll_ctl): only once every socket of this wake-up is peeked.
+            for w in again:
+                with contextlib.suppress(OSError):  # detached meanwhile
+                    if w.armed:
+                        self.ep.modify(w.fd, _ARMED)
 
     # --- the reader's side (any thread or greenlet; epoll_ctl never blocks) ------------------
     def attach(self, sock: socket.socket) -> Watch:
