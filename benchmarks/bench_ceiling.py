@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -307,6 +308,58 @@ def match_errors(records: list[dict[str, Any]], truth: np.ndarray) -> np.ndarray
     return np.array(out).reshape(-1, 2)
 
 
+def direct_cost_worker(url: str, users: int, secs: float, reps: int) -> int:
+    """In-process: `users` greenlets of `Connection.chat` (gevent, as under Locust), the watcher off
+    and on in turn: CPU microseconds per 64-token request (all threads), and recv calls per request."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    import gevent
+
+    from harness.client import Connection, chat_body
+
+    body = chat_body("exact", [{"role": "user", "content": "hi"}], max_tokens=TOKENS)
+    out: dict[str, list[list[float]]] = {"0": [], "1": []}
+    for rep in range(reps):
+        for on in ("0", "1") if rep % 2 == 0 else ("1", "0"):
+            os.environ["HARNESS_FIRST_TOKEN_WATCH"] = on
+            stop = time.perf_counter() + secs
+            counts = [0, 0]
+
+            def user(stop: float = stop, counts: list[int] = counts) -> None:
+                c = Connection(url, policy="reuse-quickack")
+                while time.perf_counter() < stop:
+                    r = c.chat(body)
+                    if not (r.ok and r.content_events == TOKENS):
+                        raise SystemExit(f"direct cost: request failed: {r.error_detail}")
+                    counts[0] += 1
+                    counts[1] += r.reads
+                c.close()
+
+            c0 = time.process_time()
+            gevent.joinall([gevent.spawn(user) for _ in range(users)], raise_error=True)
+            cpu = time.process_time() - c0
+            out[on].append([cpu / counts[0] * 1e6, counts[1] / counts[0]])
+    print(orjson.dumps(out).decode())
+    return 0
+
+
+def direct_cost(a: argparse.Namespace, work: Path) -> dict[str, list[list[float]]]:
+    fast = ExactHost(work, a.server_cpu, 10.0, 1.0)
+    try:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--direct-cost-worker", fast.url]
+        cmd += ["--repeats", str(2 if a.quick else 4)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        os.sched_setaffinity(proc.pid, {a.client_cpu})
+        stdout, _ = proc.communicate(timeout=300)
+    finally:
+        fast.stop()
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_ceiling: direct cost worker failed (exit {proc.returncode})")
+    result: dict[str, list[list[float]]] = orjson.loads(stdout.strip().splitlines()[-1])
+    return result
+
+
 def _f(v: float, fmt: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
@@ -327,12 +380,16 @@ def main() -> int:
         default=0.02,
         help="calm: the client's threads waited for a CPU less than this share of the 250 ms before (0.02)",
     )
+    p.add_argument("--cost-only", action="store_true", help="only the cost comparison")
     p.add_argument("--no-cost", action="store_true", help="skip the events-per-CPU-second comparison")
     p.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
+    p.add_argument("--direct-cost-worker", metavar="URL", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.direct_cost_worker:
+        return direct_cost_worker(a.direct_cost_worker, 100, 3.0, a.repeats or 4)
     a.repeats = a.repeats or (1 if a.quick else 5)
     a.window_s = a.window_s or (4.0 if a.quick else 6.0)
-    levels = [int(x) for x in a.users.split(",")]
+    levels = [int(x) for x in a.users.split(",")] if not a.cost_only else []
     work = Path(tempfile.mkdtemp(prefix="bench_ceiling-"))
     os.sched_setaffinity(0, {a.client_cpu})
     host = ExactHost(work, a.server_cpu)
@@ -387,6 +444,7 @@ def main() -> int:
                     )
         finally:
             fast.stop()
+        direct = direct_cost(a, work)
 
     print(
         f"\n{'users':>5} {'fix':>4} {'runs':>4} {'p99-truth':>9} {'each run':>30} {'stamp p50':>9} {'stamp p99':>9} "
@@ -411,12 +469,20 @@ def main() -> int:
         "p99-truth: harness TTFT p99 minus the host's own TTFT p99 over the same window (ms); stamp: per request, "
         "harness first-token arrival minus the host's first-token write (ms); 1st=2nd: requests whose first two "
         "tokens carry one stamp; calm: only requests whose first token came while the client's threads had "
-        "waited for a CPU < 2 % of the 250 ms before (others' processes on a shared machine), p99 where >= 100 "
+        f"waited for a CPU < {100 * a.calm_share:g} % of the 250 ms before (others' processes on a shared machine), p99 where >= 100 "
         "such requests; medians over the runs; health: the report's client-health verdict and the "
         "stream diagnostics' patterns, as the rules stand"
     )
     if costs:
-        print("\ncost, 200 users, host TTFT 10 ms ITL 1 ms (events per client CPU-second, median):")
+        off, on = (statistics.median(x[0] for x in direct[k]) for k in ("0", "1"))
+        print(
+            "\ncost, direct (100 greenlets of Connection.chat, host TTFT 10 ms ITL 1 ms, CPU per 64-token request, "
+            f"all threads): off {off:.0f} µs ({', '.join(f'{x[0]:.0f}' for x in direct['0'])}; recv calls/request "
+            f"{statistics.median(x[1] for x in direct['0']):.1f}), on {on:.0f} µs "
+            f"({', '.join(f'{x[0]:.0f}' for x in direct['1'])}; {statistics.median(x[1] for x in direct['1']):.1f}): "
+            f"{on - off:+.0f} µs per request, {(on - off) / TOKENS:+.2f} µs per token event ({100 * (on - off) / off:+.0f} %)"
+        )
+        print("cost, 200 users, host TTFT 10 ms ITL 1 ms (events per client CPU-second, median):")
         for watch in (False, True):
             rs = [r for r in costs if r["watch"] == watch]
             each = ", ".join(format(r["per_cpu_s"], ",.0f") for r in rs)
