@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import statistics
+import sys
 
 import orjson
 import pytest
@@ -313,3 +314,108 @@ def test_kernel_stamp_maps_arrival_onto_the_monotonic_clock() -> None:
         with scripted_server([Script(foundry_stream(TOKENS))]) as (url, _):
             conn = Connection(url)
             assert conn.chat(BODY).ok and conn._kernel_stamps
+
+
+# --- the first token keeps its own arrival time when a late read takes it with the second ---------
+GAP_S = 0.1  # scripted: first content event 0.1 s after the role chunk, the second 0.1 s after that
+
+
+class _LateSocket(socket.socket):
+    """A real socket whose second read starts only after `delay_s`, as a busy event loop's would."""
+
+    delay_s = 0.0
+    reads = 0
+    late_read_done_ns = 0
+
+    def recvmsg(self, *args):  # type: ignore[no-untyped-def]
+        import time
+
+        self.reads += 1
+        if self.reads == 2:
+            time.sleep(self.delay_s)
+        out = super().recvmsg(*args)
+        if self.reads == 2:
+            _LateSocket.late_read_done_ns = time.perf_counter_ns()
+        return out
+
+
+def _late_read_chat(monkeypatch: pytest.MonkeyPatch, *, watch: bool, role_gap_s: float = 0.0):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("HARNESS_FIRST_TOKEN_WATCH", "1" if watch else "0")
+    real_create = socket.create_connection
+
+    def create(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real = real_create(*args, **kwargs)
+        late = _LateSocket(real.family, real.type, real.proto, fileno=real.detach())
+        late.delay_s = 3.5 * GAP_S  # past both content events
+        return late
+
+    monkeypatch.setattr(socket, "create_connection", create)
+    steps = [HEAD_SSE, ("sleep", role_gap_s), chunk(sse(delta("", role="assistant"))), ("sleep", GAP_S)]
+    steps += [chunk(sse(delta("first"))), ("sleep", GAP_S), chunk(sse(delta("second")))]
+    steps += foundry_stream(["third"])[2:]  # one more token, finish, usage, [DONE]
+    with scripted_server([Script(steps)]) as (url, _):
+        conn = Connection(url)
+        res = conn.chat(BODY)
+        watching = conn.first_token_watch
+        conn.close()
+    assert res.ok and res.content_events == 3, res.error_detail
+    assert conn.kernel_stamps or not res.reads
+    assert watching is watch
+    # The late read really did take both content events: it finished after the second arrived.
+    assert _LateSocket.late_read_done_ns >= res.token_ns[1]
+    return res
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive stamps: Linux")
+@pytest.mark.parametrize("role_gap_s", [0.0, 0.02], ids=["role-with-headers", "role-apart"])
+def test_first_token_keeps_its_own_arrival_when_a_late_read_takes_two(
+    monkeypatch: pytest.MonkeyPatch, role_gap_s: float
+) -> None:
+    res = _late_read_chat(monkeypatch, watch=True, role_gap_s=role_gap_s)
+    first, second = res.token_ns[0], res.token_ns[1]
+    # Two-sided, from the script alone: the server sent the first content event GAP_S after it had
+    # the request (so no earlier than GAP_S after our send), and the second GAP_S after the first
+    # (so the first arrived at least GAP_S before the second; 1 ms for the stamps' clock mapping).
+    assert (first - res.sent_ns) / 1e9 >= GAP_S
+    assert (second - first) / 1e9 >= GAP_S - 0.001, "first token stamped with the second's arrival"
+    assert res.first_token_ns == first
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive stamps: Linux")
+def test_without_the_watcher_a_late_read_stamps_both_tokens_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The condition the watcher is for: one read, one stamp, that of the last segment."""
+    res = _late_read_chat(monkeypatch, watch=False)
+    assert res.token_ns[0] == res.token_ns[1]
+    assert (res.token_ns[1] - res.sent_ns) / 1e9 >= 2 * GAP_S
+
+
+def test_a_read_is_split_only_at_observations_of_its_own_bytes() -> None:
+    """`_split`: an observation (kernel ns W, first L bytes present) counts for a read only if it
+    was made between the previous read and this one (prev < W < this read's stamp) and L fits."""
+    import struct
+    import time
+
+    from harness.client import chat as chat_mod
+
+    def anc(ns: int) -> list[tuple[int, int, bytes]]:
+        return [(socket.SOL_SOCKET, chat_mod._SCM_TIMESTAMPNS, struct.pack("qq", ns // 10**9, ns % 10**9))]
+
+    now_unix, now_perf = time.time_ns(), time.perf_counter_ns()
+    prev, read = now_unix - 50_000_000, now_unix - 10_000_000  # kernel stamps of the two reads
+    data = b"A" * 100 + b"B" * 100 + b"C" * 100
+    sent = now_perf - 100_000_000
+    obs = [(read - 30_000_000, 100), (read - 20_000_000, 200)]
+    raw, parts = chat_mod._split(data, now_perf, obs, anc(read), prev, sent)
+    assert raw == read
+    assert [p for p, _ in parts] == [b"A" * 100, b"B" * 100, b"C" * 100]
+    stamps = [s for _, s in parts]
+    assert stamps[2] == now_perf and stamps[0] < stamps[1] < stamps[2]
+    assert abs((stamps[1] - stamps[0]) / 1e6 - 10) < 0.5 and abs((now_perf - stamps[0]) / 1e6 - 40) < 1.0
+    # Observed before the previous read (its bytes were that read's), or after this one: dropped.
+    assert chat_mod._split(data, now_perf, [(prev - 1, 100)], anc(read), prev, sent)[1] == []
+    assert chat_mod._split(data, now_perf, [(read + 1, 100)], anc(read), prev, sent)[1] == []
+    # More bytes than the read holds, or all of them (nothing to split): dropped.
+    assert chat_mod._split(data, now_perf, [(read - 5, 400)], anc(read), prev, sent)[1] == []
+    assert chat_mod._split(data, now_perf, [(read - 5, 300)], anc(read), prev, sent)[1] == []
+    # No kernel stamp on the read: nothing to compare with.
+    assert chat_mod._split(data, now_perf, obs, [], prev, sent) == (None, [])

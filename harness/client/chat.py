@@ -12,6 +12,10 @@ policy), and a connection per request (`new`), with connect time apart.
 Stamps: on Linux (plain TCP) each read is `recvmsg` with the kernel's receive timestamp
 (`SO_TIMESTAMPNS`), mapped onto the `perf_counter_ns` clock, so a busy event loop that reads late
 does not make tokens look late; elsewhere (and over TLS) `perf_counter_ns()` right after `recv`.
+A read's kernel stamp is that of its last segment, and unread segments merge in the kernel's queue,
+so between the headers and the first token a thread (`firsttoken.py`) watches the socket and notes
+when each byte run arrived; a late read is split at those runs, so the first token keeps its own
+arrival time when a busy loop reads it together with the second.
 
 Timing rules (docs/metrics.md): TTFT is the first event whose delta has non-empty `content`,
 `reasoning_content`/`reasoning` or `tool_calls` (never the empty role chunk Foundry Local sends
@@ -29,12 +33,14 @@ import ssl
 import struct
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
+from harness.client import firsttoken
 from harness.client.policy import CONNECTION_POLICIES, DEFAULT_CONNECTION_POLICY, Timeouts
 from harness.client.sse import ChunkedDecoder, ProtocolError, SSEParser
 
@@ -190,6 +196,9 @@ class Connection:
         self._want_kernel_stamps = kernel_stamps
         self._kernel_stamps = False
         self._sock: socket.socket | None = None
+        self._watcher: Any = None  # this process's first-token watcher, for kernel-stamped sockets
+        self._watch: firsttoken.Watch | None = None
+        self._unwatch: weakref.finalize | None = None
         self._requests_on_sock = 0
         self._leftover = b""
 
@@ -198,8 +207,17 @@ class Connection:
         """Whether the current socket's reads are stamped by the kernel (see the module docstring)."""
         return self._kernel_stamps
 
+    @property
+    def first_token_watch(self) -> bool:
+        """Whether the first-token watcher looks after the current socket (`firsttoken.py`): then a
+        late read does not move the first token's stamp either. For the client-health report."""
+        return self._watcher is not None
+
     # --- connection management -------------------------------------------------------------
     def close(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()  # detaches the watch (once), as it would if the connection were dropped
+            self._unwatch = self._watch = None
         if self._sock is not None:
             try:
                 self._sock.close()
@@ -222,6 +240,8 @@ class Connection:
                 self._kernel_stamps = True
             except OSError:
                 pass
+        # The first-token watcher needs the kernel's stamps: it compares them with the reads'.
+        self._watcher = firsttoken.watcher() if self._kernel_stamps and firsttoken.enabled() else None
         self._sock = sock
         self._requests_on_sock = 0
         return time.perf_counter_ns() - t0
@@ -336,8 +356,15 @@ class Connection:
         kernel = self._kernel_stamps
         recv = sock.recv
         perf = time.perf_counter_ns
+        watch = self._watch
+        wt = self._watcher
+        watching = False
+        track = wt is not None  # keep the reads' ancillary data while the watcher may be needed
+        last_anc: list[tuple[int, int, bytes]] = []
+        prev_raw: int | None = None
 
         def read() -> tuple[bytes, int]:
+            nonlocal last_anc
             now = perf()
             limit = min(deadline, first_deadline) if res.first_token_ns is None else deadline
             wait_s = (limit - now) / 1e9
@@ -360,6 +387,8 @@ class Connection:
             stamp = perf()
             if kernel:
                 stamp = _kernel_stamp(ancillary, stamp, res.sent_ns)
+                if track:
+                    last_anc = ancillary
             if not data:
                 raise _Closed("connection closed by peer")
             res.reads += 1
@@ -465,6 +494,7 @@ class Connection:
         non_sse = b"" if not is_sse else None
         body_bytes = 0
         data = body
+        more: list[tuple[bytes, int]] = []  # the rest of a read the first-token watcher split
         while True:
             if data:
                 payload = payload_of(data)
@@ -475,15 +505,47 @@ class Connection:
                     else:
                         for ev in parser.feed(payload):
                             done = self._on_event(ev, stamp, res, texts if keep_text else None) or done
+            if more:
+                data, stamp = more.pop(0)
+                continue
             if framing_done():
                 break
+            if wt is not None:
+                # Watch the socket from the headers until the first token (see firsttoken.py).
+                if res.first_token_ns is None:
+                    try:
+                        if watch is None:
+                            watch = self._watch = wt.attach(sock)
+                            # A connection dropped without close() must not keep its socket open.
+                            self._unwatch = weakref.finalize(self, wt.detach, watch)
+                        wt.arm(watch)  # before every read until the first token: one peek each
+                        if not watching:
+                            watching = True
+                            prev_raw = _kernel_ns(last_anc)
+                    except OSError:  # no descriptor to spare: measure as without the watcher
+                        wt = None
+                        watching = track = False
+                else:
+                    if watching:
+                        wt.disarm(watch)
+                    watching = track = False
+                    wt = None
             try:
-                data, stamp = read()
+                if watching:
+                    data, stamp = read()
+                    obs, watch.obs = watch.obs, []  # type: ignore[union-attr]
+                    prev_raw, more = _split(data, stamp, obs, last_anc, prev_raw, res.sent_ns)
+                    if more:
+                        data, stamp = more.pop(0)
+                else:
+                    data, stamp = read()
             except _Closed as exc:
                 if decoder is None and length is None:  # body ends at close: a legal end
                     keep_alive = False
                     break
                 raise _Closed(f"{exc} mid-stream") from None
+        if watching:
+            wt.disarm(watch)
         if non_sse is None:
             for ev in parser.flush():
                 done = self._on_event(ev, stamp, res, texts if keep_text else None) or done
@@ -604,6 +666,44 @@ def _kernel_stamp(ancillary: list[tuple[int, int, bytes]], user_stamp: int, sent
             offset = time.time_ns() - time.perf_counter_ns()
             return max(sent_ns, min(user_stamp, sec * 1_000_000_000 + nsec - offset))
     return user_stamp
+
+
+def _kernel_ns(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The kernel's receive timestamp of a read (real-time ns), None if it carried none."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack_from("qq", data)
+            return int(sec * 1_000_000_000 + nsec)
+    return None
+
+
+def _split(
+    data: bytes,
+    stamp: int,
+    obs: list[tuple[int, int]],
+    ancillary: list[tuple[int, int, bytes]],
+    prev_raw: int | None,
+    sent_ns: int,
+) -> tuple[int | None, list[tuple[bytes, int]]]:
+    """Split one read at the first-token watcher's observations (kernel ns W: the first L bytes
+    were all there): each part takes the stamp of the first observation that held it, the rest the
+    read's own. An observation counts only if it saw these bytes, i.e. it came after the previous
+    read and before this one (prev < W < this read's stamp) and L fits. Returns this read's kernel
+    stamp (the next read's `prev_raw`) and the parts, empty when the read stays whole."""
+    raw = _kernel_ns(ancillary)
+    if not obs or raw is None:
+        return raw, []
+    offset = time.time_ns() - time.perf_counter_ns()
+    parts: list[tuple[bytes, int]] = []
+    start = 0
+    for w_ns, size in obs:
+        if size <= start or size >= len(data) or w_ns >= raw or (prev_raw is not None and w_ns <= prev_raw):
+            continue
+        parts.append((data[start:size], max(sent_ns, min(stamp, w_ns - offset))))
+        start = size
+    if parts:
+        parts.append((data[start:], stamp))
+    return raw, parts
 
 
 def _take_usage(res: ChatResult, usage: dict[str, Any]) -> None:
