@@ -370,7 +370,9 @@ def _master_quit(environment: Environment, runner: MasterRunner) -> None:
     while True:
         # A worker leaves `clients` when it says it quits, after its last report (one socket, in
         # order); a dead one goes missing after a few heartbeats.
-        waiting = [c.id for c in runner.clients.all if c.state != STATE_MISSING and c.id not in PROCESS.master_final]
+        waiting = [
+            c.id for c in runner.clients.all if c.state != STATE_MISSING and c.id not in PROCESS.master_final
+        ]
         if not waiting:
             break
         if time.monotonic() > deadline:
