@@ -196,3 +196,43 @@ def test_concurrency_sweep_gives_a_console_row_per_step(tmp_path: Path) -> None:
         (row,) = [line for line in lines if f" {g['key']['stage']} " in line]
         assert row.split()[2:4] == [g["key"]["stage"], str(g["requests"])]
     assert [line.split()[0] for line in lines if line.startswith("all ")] == ["all"]
+
+
+def test_report_and_compare_hold_a_run_to_the_same_expressions(sim: ChildHost, tmp_path: Path) -> None:
+    """A CI job with a run folder: absolute limits (`report --threshold`), or a baseline and limits
+    together (`compare --threshold`); both judge the summary's own figures."""
+    code, _, err, run_dir = run(sim, tmp_path, "--users", "1", "--duration", "2s")
+    assert code == 0, err
+    p50 = summary(run_dir)["groups"][0]["ttft_ms_p50"]
+
+    held = harness("report", str(run_dir), "--threshold", "ttft_p50_ms<200")
+    assert held.returncode == 0, held.stderr
+    assert summary(run_dir)["thresholds"][0]["passed"] is True
+    failed = harness("report", str(run_dir), "--threshold", f"ttft_p50_ms<{TTFT_MS - 10}")
+    assert failed.returncode == 1, failed.stderr
+    assert f"harness: threshold failed: ttft_p50_ms < 40: {p50:.6g} (host " in failed.stderr
+    assert summary(run_dir)["thresholds"][0]["value"] == p50
+
+    out = tmp_path / "cmp"
+    base = [
+        "compare",
+        str(run_dir),
+        str(run_dir),
+        "--metrics",
+        "ttft_p50_ms,error_rate",
+        "--resamples",
+        "100",
+    ]
+    same = harness(*base, "--threshold", "ttft_p50_ms<200", "--out", str(out))
+    assert same.returncode == 0, same.stderr
+    assert "ttft_ms_p50" in same.stdout and "pass ttft_p50_ms < 200" in same.stdout
+    assert orjson.loads((out / "compare.json").read_bytes())["thresholds"][0]["value"] == p50
+    worse = harness(*base, "--threshold", f"ttft_p50_ms<{TTFT_MS - 10}")
+    assert worse.returncode == 1, worse.stderr
+    lines = worse.stderr.strip().splitlines()
+    assert (
+        lines[0].startswith(f"harness: threshold failed: ttft_p50_ms < 40: {p50:.6g} (host ")
+        and len(lines) == 2
+    )
+    bad = harness(*base, "--threshold", "ttft_p50<200")
+    assert bad.returncode == 2 and "--threshold 'ttft_p50<200': unknown metric" in bad.stderr
