@@ -84,6 +84,9 @@ def test_failed_threshold_exits_1_naming_each_failed_check_on_one_line(
         "2",
         "--duration",
         "2s",
+        # Streams running at the end finish (not `stopped`): every request succeeds, error rate 0.
+        "--stop-timeout",
+        "5s",
         "--threshold",
         "ttft_p50_ms<200",
         "--threshold",
