@@ -22,7 +22,8 @@ from typing import Any
 
 import orjson
 
-from harness.errors import HarnessError, HostError, InputError
+from harness import thresholds
+from harness.errors import CheckFailed, HarnessError, HostError, InputError
 from harness.hosts import is_loopback
 from harness.plan import Plan, Target, build_targets, prompt_dicts
 from harness.recover import recover_run, scan_records, spool_files
@@ -442,7 +443,10 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         },
     )
     write_json(manifest_path, manifest)
-    table = _report(run_dir, report_wanted, problems)
+    table, failed_checks = _report(run_dir, report_wanted, problems, sc.thresholds)
+    problems += failed_checks
+    if failed_checks and exit_code == 0:
+        exit_code = CheckFailed.exit_code
     return RunOutcome(run_dir=run_dir, exit_code=exit_code, table=table, problems=problems)
 
 
@@ -482,15 +486,21 @@ def _hosts_down(
     return out
 
 
-def _report(run_dir: Path, enabled: bool, problems: list[str]) -> str:
+def _report(run_dir: Path, enabled: bool, problems: list[str], checks: list[str]) -> tuple[str, list[str]]:
+    """The report's console table (with each threshold's result) and one line per failed threshold."""
     if not enabled:
-        return ""
+        return "", []
     from harness.report import build
 
     try:
-        report = build([run_dir], run_dir)
+        report = build([run_dir], run_dir, thresholds=[thresholds.parse(t) for t in checks])
     except HarnessError as exc:
         problems.append(f"report: {exc}")
-        return ""
+        # Thresholds that could not be judged have not held.
+        return "", [f"threshold not judged (no report): {t}" for t in checks]
     problems.extend(f"report: {w}" for w in report.warnings)
-    return report.console_table()
+    results = [thresholds.Result(**r) for r in report.summary.get("thresholds", [])]
+    table = report.console_table()
+    if results:
+        table += "\nthresholds:\n" + "\n".join(f"  {r.line()}" for r in results)
+    return table, thresholds.failure_lines(results)

@@ -15,6 +15,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness import thresholds
 from harness.client import policy
 from harness.errors import InputError
 from harness.flavours import EMBEDDED_FLAVOURS
@@ -321,6 +322,23 @@ class Scenario(_Model):
     retry: RetrySpec = Field(default_factory=RetrySpec)
     connection: ConnectionPolicyField = policy.DEFAULT_CONNECTION_POLICY
     seed: int = Field(0, description="seeds prompt order and lengths: same seed, same request sequence")
+    thresholds: list[str] = Field(
+        default_factory=list,
+        description="checks METRIC OP NUMBER (e.g. ttft_p95_ms<500) per host, model and stage; "
+        "a failed one makes `harness run` exit 1",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v: list[str]) -> list[str]:
+        # Syntax here, with the rest of the scenario; metric names where the report's keys are known
+        # (`harness.thresholds.known_metrics`, checked by `harness run` before it starts).
+        for i, text in enumerate(v):
+            try:
+                thresholds.parse(text)
+            except ValueError as exc:
+                raise ValueError(f"[{i}] {text!r}: {exc}") from None
+        return v
 
     @model_validator(mode="after")
     def _prompt_source(self) -> Scenario:

@@ -11,6 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness import thresholds
+from harness.errors import CheckFailed, InputError
+
 __all__ = ["add_parser", "split_list"]
 
 BY_KEYS = "run, host, model, stage, prompt_id, worker, connection"
@@ -48,6 +51,13 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="first re-assemble each run's records.jsonl from its worker spools (after a master crash)",
     )
+    p.add_argument(
+        "--threshold",
+        action="append",
+        metavar="EXPR",
+        help="METRIC OP NUMBER, e.g. ttft_p95_ms<500 (repeatable), judged per group as `harness run "
+        "--threshold` does; results in summary.json and report.md; a failed one exits 1",
+    )
     p.set_defaults(func=run)
 
 
@@ -60,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     from harness.report import build
 
     if args.recover:
-        from harness.errors import InputError
         from harness.recover import recover_run, spool_files
 
         for run_dir in args.run_dirs:
@@ -75,14 +84,34 @@ def run(args: argparse.Namespace) -> int:
     out = args.out
     if out is None:
         out = args.run_dirs[0] if len(args.run_dirs) == 1 else default_out_dir("report")
+    checks = []
+    if args.threshold:
+        try:
+            checks = thresholds.parse_all(
+                [("--threshold", e) for e in args.threshold], thresholds.known_metrics()
+            )
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     report = build(
-        args.run_dirs, out, formats=split_list(args.format) or [], by=split_list(args.by), trim_s=args.trim_s
+        args.run_dirs,
+        out,
+        formats=split_list(args.format) or [],
+        by=split_list(args.by),
+        trim_s=args.trim_s,
+        thresholds=checks,
     )
     for warning in report.warnings:
         print(f"harness: warning: {warning}", file=sys.stderr)
     print(report.console_table())
+    results = [thresholds.Result(**r) for r in report.summary.get("thresholds", [])]
+    if results:
+        print("thresholds:\n" + "\n".join(f"  {r.line()}" for r in results))
     print(f"wrote {', '.join(p.name for p in report.files)}")
     print(out)
+    if failed := thresholds.failure_lines(results):
+        for line in failed:
+            print(f"harness: {line}", file=sys.stderr)
+        return CheckFailed.exit_code
     return 0
 
 

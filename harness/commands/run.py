@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness import thresholds
 from harness.client.policy import CONNECTION_POLICIES, POLICY_HELP
 from harness.errors import InputError
-from harness.scenario import load_scenario
+from harness.scenario import Scenario, load_scenario, parse_duration
 
-__all__ = ["add_parser", "scenario_overrides"]
+__all__ = ["add_parser", "scenario_overrides", "with_thresholds"]
 
 
 def add_parser(sub: Any) -> None:
@@ -35,7 +36,27 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--spawn-rate", type=float, metavar="R", help="users started per second")
     g.add_argument("--duration", metavar="D", help="30s, 5m, 1h")
     g.add_argument("--stop-timeout", metavar="D", help="time streams running at the end may take to finish")
+    g.add_argument(
+        "--rate",
+        type=float,
+        metavar="R",
+        help="open loop: requests per second over all workers (replaces the scenario's load shape)",
+    )
+    g.add_argument("--arrival", choices=("poisson", "constant"), help="open-loop arrivals (default poisson)")
+    g.add_argument(
+        "--concurrency",
+        metavar="N,N,...",
+        help="a sweep of users, one step each after the other, e.g. 1,2,4,8 (each step lasts --duration)",
+    )
     g.add_argument("--seed", type=int, help="seed for prompt order and lengths")
+    g = p.add_argument_group("checks")
+    g.add_argument(
+        "--threshold",
+        action="append",
+        metavar="EXPR",
+        help="METRIC OP NUMBER, e.g. ttft_p95_ms<500 or error_rate<0.01 (repeatable; added to the "
+        "scenario's thresholds); judged per host, model and stage; a failed one exits 1",
+    )
     g = p.add_argument_group("where it runs")
     g.add_argument("--workers", type=int, default=0, metavar="N", help="local Locust worker processes")
     g.add_argument("--master", action="store_true", help="be the master for workers on other machines")
@@ -63,19 +84,69 @@ def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["hosts"] = [{"url": u} for u in args.host]
     if args.model:
         o["models"] = list(args.model)
+    shape = _load_shape(args)
+    o.update(shape)
     for opt, key in (
         ("users", "load.users"),
         ("spawn_rate", "load.spawn_rate"),
-        ("duration", "load.duration"),
+        ("duration", None if shape.get("load.sweep") else "load.duration"),
+        ("arrival", "load.arrival"),
         ("stop_timeout", "load.stop_timeout"),
         ("connection", "connection"),
         ("max_tokens", "request.max_tokens"),
         ("seed", "seed"),
     ):
         value = getattr(args, opt, None)
-        if value is not None:
+        if value is not None and key is not None:
             o[key] = value
     return o
+
+
+def _load_shape(args: argparse.Namespace) -> dict[str, Any]:
+    """`--rate` and `--concurrency` replace the scenario's load shape (stages, sweep, open loop)."""
+    rate, concurrency = getattr(args, "rate", None), getattr(args, "concurrency", None)
+    if rate is not None and concurrency is not None:
+        raise InputError("--rate and --concurrency: choose one (open loop, or a sweep of users)")
+    if concurrency is not None and getattr(args, "users", None) is not None:
+        raise InputError("--users and --concurrency: choose one (one concurrency, or a sweep of them)")
+    if rate is not None:
+        if not rate > 0:
+            raise InputError(f"--rate {rate:g}: expected requests per second above 0")
+        return {"load.rate": rate, "load.stages": None, "load.sweep": None}
+    if concurrency is None:
+        return {}
+    try:
+        users = [int(v) for v in concurrency.split(",")]
+    except ValueError:
+        users = []
+    if not users or any(u < 1 for u in users):
+        raise InputError(
+            f"--concurrency {concurrency!r}: expected a comma-separated list of positive integers, e.g. 1,2,4,8"
+        )
+    sweep: dict[str, Any] = {"users": users}
+    if args.duration is not None:
+        # Each step lasts --duration; its warm-up share as the report trims by default (10 %, ≤ 5 s).
+        try:
+            step = parse_duration(args.duration)
+        except ValueError as exc:
+            raise InputError(f"--duration {args.duration!r}: {exc}") from None
+        sweep |= {"stage_duration": step, "trim_s": min(5.0, step / 10)}
+    return {"load.sweep": sweep, "load.stages": None, "load.rate": None}
+
+
+def with_thresholds(scenario: Scenario, path: Path | None, cli: list[str]) -> Scenario:
+    """The scenario's thresholds and `--threshold`s together, every metric checked against the
+    report's own (exit 2 naming the field or flag before anything starts)."""
+    if not scenario.thresholds and not cli:
+        return scenario
+    label = f"{path}: thresholds" if path else "thresholds"
+    items = [(f"{label}[{i}]", t) for i, t in enumerate(scenario.thresholds)]
+    items += [("--threshold", t) for t in cli]
+    try:
+        thresholds.parse_all(items, thresholds.known_metrics())
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return scenario.model_copy(update={"thresholds": [t for _, t in items]})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +159,11 @@ def run(args: argparse.Namespace) -> int:
             "--master and --workers: choose one (local worker processes, or workers on other machines)"
         )
     scenario = load_scenario(args.scenario, scenario_overrides(args))
+    scenario = with_thresholds(scenario, args.scenario, args.threshold or [])
+    if scenario.thresholds and args.no_report:
+        raise InputError(
+            "--no-report: thresholds are judged on the report; drop --no-report or the thresholds"
+        )
     opts = RunOptions(
         scenario=scenario,
         scenario_path=args.scenario,

@@ -19,6 +19,7 @@ from harness.report.aggregate import DEFAULT_BY, Row, Summarizer, check_by
 from harness.report.load import Dataset, load_runs
 from harness.report.measured import Selection, select
 from harness.report.tables import Table, build_tables, fixed_width, format_value, host_label
+from harness.thresholds import Threshold, evaluate
 
 __all__ = ["FORMATS", "SCHEMA_VERSION", "Report", "ReportContext", "build", "check_formats", "make_out_dir"]
 
@@ -64,18 +65,28 @@ class Report:
             ("requests_per_s", "req/s", "float"),
         )
         rows = self.summary["by_host_model"]
+        keys = ["host", "model"]
+        # Stages (a sweep's steps): one row per host, model and stage, in the order they ran.
+        groups = self.summary["groups"]
+        if "stage" in self.summary["by"] and len({g["key"].get("stage") for g in groups}) > 1:
+            rows, keys = groups, ["host", "model", "stage"]
         body = [
             [
-                host_label(r["key"]["host"]),
-                r["key"]["model"],
+                *(host_label(r["key"][k] or "-") if k == "host" else r["key"][k] or "-" for k in keys),
                 *(format_value(r.get(k), kind) for k, _, kind in columns),
             ]
             for r in rows
         ]
         if len(rows) > 1:
             overall = self.summary["overall"]
-            body.append(["all", "", *(format_value(overall.get(k), kind) for k, _, kind in columns)])
-        table = fixed_width(["host", "model", *(h for _, h, _ in columns)], body, left=2)
+            body.append(
+                [
+                    "all",
+                    *[""] * (len(keys) - 1),
+                    *(format_value(overall.get(k), kind) for k, _, kind in columns),
+                ]
+            )
+        table = fixed_width([*keys, *(h for _, h, _ in columns)], body, left=len(keys))
         return table + "\n(latencies in ms; output tokens/s and requests/s of successful requests)"
 
 
@@ -96,11 +107,13 @@ def build(
     formats: Sequence[str] = FORMATS,
     by: Sequence[str] | None = None,
     trim_s: float | None = None,
+    thresholds: Sequence[Threshold] = (),
 ) -> Report:
     """Merge run folders into one report written to `out_dir`.
 
     `by`: group keys (default run, host, model, stage); `trim_s`: seconds dropped at each end of every
-    (run, stage), None for automatic (see `measured.default_trim_s`), 0 for none.
+    (run, stage), None for automatic (see `measured.default_trim_s`), 0 for none; `thresholds`:
+    checks judged on every group, their results in `summary["thresholds"]` (`harness.thresholds`).
     """
     from harness.report.writers import WRITERS
 
@@ -120,6 +133,8 @@ def build(
     by_host_model = groups if keys == HOST_MODEL else summarizer.groups(HOST_MODEL, itl=False)
     stage_rows = groups if keys == DEFAULT_BY else summarizer.groups(DEFAULT_BY, itl=False)
     summary = _summary(ds, selection, keys, groups, overall, by_host_model)
+    if thresholds:
+        summary["thresholds"] = [r.to_dict() for r in evaluate(thresholds, groups)]
     health = wire.client_health(ds)
     summary["client_health"] = health
     summary["diagnostics"] = wire.diagnostics(ds, health)

@@ -4,6 +4,7 @@ then the notes on what was excluded."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from harness.report import wire
 from harness.report.builder import ReportContext
@@ -32,12 +33,38 @@ def render(ctx: ReportContext) -> str:
         + " · ".join(f"{label} {value} {unit}".rstrip() for label, value, unit in highlights(s)),
         "",
     ]
+    out += _thresholds(s.get("thresholds") or [])
     for table in rest:
         out += [f"## {table.title}", "", table.doc, "", *_table(table), ""]
         out += ["Columns: " + "; ".join(f"**{c.title}**: {c.doc}" for c in table.columns) + ".", ""]
     out += wire.markdown_lines(s)
     out += ["## Notes", "", *(f"- {n}" for n in notes(s)), ""]
     return "\n".join(out)
+
+
+def _thresholds(results: list[dict[str, Any]]) -> list[str]:
+    """The threshold checks (`harness.thresholds`), one row per check and group."""
+    if not results:
+        return []
+    failed = sum(not r["passed"] for r in results)
+    out = ["## Thresholds", "", f"{len(results) - failed} of {len(results)} checks held.", ""]
+    out += [
+        _line(["group", "metric", "value", "op", "limit", "result"]),
+        _line(["---", "---", "--:", "---", "--:", "---"]),
+    ]
+    for r in results:
+        group = ", ".join(f"{k} {v}" for k, v in r["group"].items() if v is not None and k != "run")
+        value = f"{r['value']:.6g}" if r["value"] is not None else f"no value ({r['reason']})"
+        verdict = "pass" if r["passed"] else "**FAIL**"
+        out.append(
+            _line(
+                [
+                    c.replace("|", "\\|")
+                    for c in [group or "all", r["metric"], value, r["op"], f"{r['limit']:g}", verdict]
+                ]
+            )
+        )
+    return [*out, ""]
 
 
 def _table(table: Table, *, with_keys_shown: bool = False) -> list[str]:
