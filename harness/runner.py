@@ -76,6 +76,8 @@ class RunOutcome:
     exit_code: int
     table: str
     problems: list[str]
+    hints: list[str] = field(default_factory=list)
+    """One line per wire pattern the report named, for the console after the table."""
 
 
 def options_to_flags(options: dict[str, Any]) -> list[str]:
@@ -442,8 +444,9 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         },
     )
     write_json(manifest_path, manifest)
-    table = _report(run_dir, report_wanted, problems)
-    return RunOutcome(run_dir=run_dir, exit_code=exit_code, table=table, problems=problems)
+    hints: list[str] = []
+    table = _report(run_dir, report_wanted, problems, hints)
+    return RunOutcome(run_dir=run_dir, exit_code=exit_code, table=table, problems=problems, hints=hints)
 
 
 def _check_warmup(plan: Plan, failed: list[Any], per_model: int) -> None:
@@ -482,9 +485,10 @@ def _hosts_down(
     return out
 
 
-def _report(run_dir: Path, enabled: bool, problems: list[str]) -> str:
+def _report(run_dir: Path, enabled: bool, problems: list[str], hints: list[str]) -> str:
     if not enabled:
         return ""
+    from harness.diagnostics import console_hints
     from harness.report import build
 
     try:
@@ -493,4 +497,6 @@ def _report(run_dir: Path, enabled: bool, problems: list[str]) -> str:
         problems.append(f"report: {exc}")
         return ""
     problems.extend(f"report: {w}" for w in report.warnings)
+    # From the report's public output (summary.json), so the console says what report.md says.
+    hints.extend(console_hints(report.summary.get("diagnostics") or []))
     return report.console_table()
