@@ -63,7 +63,7 @@ def test_locust_counts_one_request_per_llm_request(tmp_path: Path, workers: int)
         "load: {users: 4, spawn_rate: 100, duration: 10s, stagger: 0}\n"
     )
     # Seeded faults: the warm-up request (the host's first) succeeds, some later ones get a 500;
-    # streams running at the end (stop_timeout 0) are cut: both kinds of failure are counted.
+    # streams running at the end (stop_timeout 0) are cut (`stopped`): both are Locust failures.
     with sim_host("--ttft-ms", "100", "--itl-ms", "10", "--fault-500", "0.05", "--seed", "1") as sim:
         proc = harness(
             "run", str(scenario), "--host", sim.base_url, "--workers", str(workers), "--out", str(tmp_path)
@@ -75,7 +75,8 @@ def test_locust_counts_one_request_per_llm_request(tmp_path: Path, workers: int)
     measured = [r for r in recs if not r["warmup"]]
     failed = [r for r in measured if not r["ok"]]
     assert len(recs) == host["chat_requests"], "one record per request the host received"
-    assert {r["error"] for r in failed} == {"http_5xx", "stopped"}, "both kinds of failure happened"
+    # Streams cut by the end are usually among them; the plain-locust test below always has some.
+    assert "http_5xx" in {r["error"] for r in failed} <= {"http_5xx", "stopped"}, failed
     if workers:
         assert len({r["worker"] for r in measured}) == workers
 
