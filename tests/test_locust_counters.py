@@ -3,6 +3,7 @@
 - Locust counts one request per LLM request: its Aggregated row (console, `--csv`, `--html`) equals
   the records and the host's own count, failures included, locally and with workers, while `TTFT`
   and `TPOT` stay visible as entries of their own;
+- the web UI header (`/stats/requests`) counts the same, as the LLM tab's own count of the records;
 - a plain `locust -t` whose only failures are streams cut by the end of the run exits 0;
 - `harness run` names a wire pattern (Nagle on reuse) in one line after its table.
 """
@@ -11,8 +12,12 @@ from __future__ import annotations
 
 import csv
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +194,51 @@ def test_console_hints_one_line_per_pattern() -> None:
         "first wave: first_wave seen [127.0.0.1:1, m, s1, reuse; see report.md, Stream diagnostics]",
     ]
     assert console_hints([group("h", "s1")]) == []
+
+
+def test_web_ui_header_counts_one_request_per_llm_request(tmp_path: Path) -> None:
+    """What the web UI header reads (`/stats/requests`: Aggregated requests, requests/s, failure
+    ratio), against the LLM tab's count from the raw records in the same poll and the records."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("name: web\nrequest: {max_tokens: 16}\nload: {stagger: 0}\n")
+    with sim_host("--ttft-ms", "20", "--itl-ms", "5") as sim:
+        cmd = [sys.executable, "-m", "harness", "run", str(scenario), "--web", "--web-port", str(port)]
+        cmd += ["--host", sim.base_url, "--out", str(tmp_path), "--run-id", "web"]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, "web UI did not come up"
+                try:
+                    urllib.request.urlopen(url + "/", timeout=2).close()
+                    break
+                except OSError:
+                    time.sleep(0.3)
+            form = b"user_count=4&spawn_rate=100"
+            urllib.request.urlopen(urllib.request.Request(url + "/swarm", data=form), timeout=10).close()
+            time.sleep(8)
+            with urllib.request.urlopen(url + "/stats/requests", timeout=10) as resp:
+                polled = orjson.loads(resp.read())
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    rows = {(r["method"], r["name"]): r for r in polled["stats"]}
+    total = rows[("", "Aggregated")]
+    e2e = next(r for (method, _), r in rows.items() if method == "E2E")
+    (llm,) = [x for x in polled["extended_stats"] if x["key"] == "llm"]
+    since = next(row for row in llm["data"] if row["span"].startswith("since start"))
+    # The records seen by the LLM tab (its own count, from the raw records) at the same instant.
+    n = since["requests"]
+    assert n >= 20 and total["num_requests"] == e2e["num_requests"] == n, (total, since)
+    assert total["num_failures"] == 0 and polled["fail_ratio"] == 0
+    measured = [r for r in records(Path(last_line(out))) if not r["warmup"]][:n]
+    expected_rate = records_rate(measured)
+    assert 0.98 * expected_rate <= polled["total_rps"] <= 1.02 * expected_rate, (
+        polled["total_rps"],
+        expected_rate,
+    )
