@@ -28,10 +28,20 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
-__all__ = ["DELAYED_ACK_MS", "Finding", "StreamStats", "diagnose", "nagle_held", "stream_stats"]
+__all__ = [
+    "DELAYED_ACK_MS",
+    "PATTERN_NAMES",
+    "Finding",
+    "StreamStats",
+    "console_hints",
+    "diagnose",
+    "nagle_held",
+    "stream_stats",
+]
 
 #: Linux's delayed-ACK timer (TCP_DELACK_MIN, HZ/25): a constant of the kernel, not of the machine.
 DELAYED_ACK_MS = 40.0
@@ -234,3 +244,38 @@ def diagnose(
             )
         )
     return out
+
+
+#: What a console line calls each pattern.
+PATTERN_NAMES = {
+    "nagle": "Nagle on reuse",
+    "client_limited": "client-limited",
+    "bursty": "bursty stream",
+    "first_wave": "first wave",
+}
+
+
+def console_hints(diagnostics: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per pattern the report named (its `summary.json` `diagnostics`), for the console after
+    the table: the first group's message, where it was seen, and how many groups more showed it."""
+    seen: dict[str, tuple[dict[str, Any], str, int]] = {}
+    for d in diagnostics:
+        for f in d.get("findings", []):
+            pattern = str(f.get("pattern"))
+            if pattern in seen:
+                key, message, n = seen[pattern]
+                seen[pattern] = (key, message, n + 1)
+            else:
+                seen[pattern] = (d.get("key", {}), str(f.get("message")), 1)
+    lines = []
+    for pattern, (key, message, n) in seen.items():
+        # The host as the table names it (host:port).
+        where = ", ".join(
+            urlsplit(str(key[k])).netloc or str(key[k]) if k == "host" else str(key[k])
+            for k in ("host", "model", "stage", "connection")
+            if key.get(k)
+        )
+        more = f"; {n - 1} more group(s)" if n > 1 else ""
+        name = PATTERN_NAMES.get(pattern, pattern)
+        lines.append(f"{name}: {message} [{where}{more}; see report.md, Stream diagnostics]")
+    return lines

@@ -77,6 +77,8 @@ class RunOutcome:
     exit_code: int
     table: str
     problems: list[str]
+    hints: list[str] = field(default_factory=list)
+    """One line per wire pattern the report named, for the console after the table."""
 
 
 def options_to_flags(options: dict[str, Any]) -> list[str]:
@@ -443,11 +445,12 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         },
     )
     write_json(manifest_path, manifest)
-    table, failed_checks = _report(run_dir, report_wanted, problems, sc.thresholds)
+    hints: list[str] = []
+    table, failed_checks = _report(run_dir, report_wanted, problems, sc.thresholds, hints)
     problems += failed_checks
     if failed_checks and exit_code == 0:
         exit_code = CheckFailed.exit_code
-    return RunOutcome(run_dir=run_dir, exit_code=exit_code, table=table, problems=problems)
+    return RunOutcome(run_dir=run_dir, exit_code=exit_code, table=table, problems=problems, hints=hints)
 
 
 def _check_warmup(plan: Plan, failed: list[Any], per_model: int) -> None:
@@ -486,10 +489,14 @@ def _hosts_down(
     return out
 
 
-def _report(run_dir: Path, enabled: bool, problems: list[str], checks: list[str]) -> tuple[str, list[str]]:
-    """The report's console table (with each threshold's result) and one line per failed threshold."""
+def _report(
+    run_dir: Path, enabled: bool, problems: list[str], checks: list[str], hints: list[str]
+) -> tuple[str, list[str]]:
+    """The report's console table (with each threshold's result) and one line per failed threshold;
+    one line per named wire pattern goes to `hints`."""
     if not enabled:
         return "", []
+    from harness.diagnostics import console_hints
     from harness.report import build
 
     try:
@@ -503,4 +510,6 @@ def _report(run_dir: Path, enabled: bool, problems: list[str], checks: list[str]
     table = report.console_table()
     if results:
         table += "\nthresholds:\n" + "\n".join(f"  {r.line()}" for r in results)
+    # From the report's public output (summary.json), so the console says what report.md says.
+    hints.extend(console_hints(report.summary.get("diagnostics") or []))
     return table, thresholds.failure_lines(results)

@@ -1,6 +1,7 @@
 """`harness run SCENARIO`: run one scenario headless (or in the web UI) into one run folder.
 
-Prints a short table and, as the last line of stdout, the run folder's path.
+Prints a short table, one line per wire pattern the report named (Nagle on reuse, client-limited,
+bursty stream, first wave), and, as the last line of stdout, the run folder's path.
 """
 
 from __future__ import annotations
@@ -182,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     outcome = execute_run(opts)
     if outcome.table:
         print(outcome.table)
+    for hint in outcome.hints:
+        print(f"harness: {hint}")
     for problem in outcome.problems:
         sys.stderr.write(f"harness: {problem}\n")
     print(outcome.run_dir)

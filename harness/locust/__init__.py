@@ -2,6 +2,7 @@
 
 - `users`: the per-process state (`HarnessProcess`, one per Locust process: `PROCESS`) and
   `ChatUser`, which picks a prompt and a model and hands the request to `harness.send`;
+- `counters`: what Locust counts: one `E2E` request per record, `TTFT`/`TPOT` outside its totals;
 - `shape`: the `LoadTestShape` that plays the plan's stages;
 - `webui`, `weblogin`: the LLM tab, start-form choices, downloads, and the login page;
 - `standalone`: the plan of a plain `locust -f locustfiles/chat.py` run;

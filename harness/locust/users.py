@@ -1,9 +1,10 @@
 """Locust glue: user classes that stream chat completions and record every request.
 
 Thin on purpose: a user picks a prompt and a model, hands the request to the streaming client
-(`harness.client`), turns the result into a `Record`, spools it, and fires a few Locust events
-(`TTFT`, `TPOT`, `E2E`; never one per token) so the web UI shows live figures. A failure fires one
-`E2E` failure, so Locust's `E2E` request count equals the number of records.
+(`harness.client`), turns the result into a `Record`, spools it, and shows it to Locust as one
+`E2E` request (a failure as one `E2E` failure), with its `TTFT` and `TPOT` as entries outside
+Locust's totals (`harness.locust.counters`): Locust's totals, requests/s and failures count LLM
+requests, and its `E2E` count equals the number of records.
 
 Per process, one `HarnessProcess` (`PROCESS`) holds all state: the plan (built on first use), the
 master's sinks, and the `UserState` of a process that runs users (sinks, stage clock, arrivals,
@@ -43,6 +44,7 @@ from locust.runners import STATE_MISSING, STATE_STOPPED, MasterRunner, WorkerRun
 from harness.client import ChatResult, Connection
 from harness.errors import HarnessError
 from harness.locust import weblogin  # noqa: F401  (registers the web UI login)
+from harness.locust.counters import show_record
 from harness.plan import Plan, read_api_key
 from harness.records import Record, worker_id
 from harness.rundir import RunDir, Spool
@@ -159,26 +161,9 @@ class UserState:
         self._fire(rec)
 
     def _fire(self, rec: Record) -> None:
-        """Three Locust events per request (never one per token): TTFT, TPOT and E2E, so the web UI
-        shows live figures; a failure is one E2E failure, so Locust's E2E count is the record count."""
-        fire = self.env.events.request.fire
-        name = f"{rec.model} @ {self.labels[rec.host]}"
-        tokens = rec.output_tokens or 0
-        failure = None if rec.ok else RuntimeError(f"{rec.error}: {rec.error_detail}")
-        for kind, ms, exc in (
-            ("TTFT", rec.ttft_ms, None),
-            ("TPOT", rec.tpot_ms if rec.ok else None, None),
-            ("E2E", rec.e2e_ms or 0.0, failure),
-        ):
-            if ms is not None:
-                fire(
-                    request_type=kind,
-                    name=name,
-                    response_time=ms,
-                    response_length=tokens,
-                    exception=exc,
-                    context={},
-                )
+        """One Locust `E2E` request per record, with `TTFT` and `TPOT` entries outside Locust's
+        totals (`harness.locust.counters`), so the web UI shows live figures."""
+        show_record(self.env, rec, f"{rec.model} @ {self.labels[rec.host]}")
 
     def _flush_loop(self) -> None:
         while True:
@@ -411,7 +396,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
 def _on_quit(exit_code: int, **_: Any) -> None:
     """After the runner stopped (so users killed mid-stream have written their `stopped` records):
     close the sinks, and write Locust's own final counts for the orchestrator's record check
-    (its CSV is written on a timer and can miss the last second)."""
+    (Locust writes its CSV on a timer; `harness.locust.counters` writes it once more at quit)."""
     if PROCESS.users is not None:
         PROCESS.users.close()
     for sink in (PROCESS.master_records, PROCESS.master_client):
@@ -425,7 +410,14 @@ def _on_quit(exit_code: int, **_: Any) -> None:
         c = counts.setdefault(method, {"requests": 0, "failures": 0})
         c["requests"] += entry.num_requests
         c["failures"] += entry.num_failures
-    out = {"counts": counts, "exit_code": exit_code, "workers": dict(PROCESS.master_counts)}
+    total = env.runner.stats.total
+    out = {
+        "counts": counts,
+        # Locust's Aggregated row: one request per LLM request (harness.locust.counters).
+        "total": {"requests": total.num_requests, "failures": total.num_failures},
+        "exit_code": exit_code,
+        "workers": dict(PROCESS.master_counts),
+    }
     RunDir(Path(plan.run_dir)).locust_counts.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
 
 
