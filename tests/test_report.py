@@ -17,9 +17,8 @@ from recordgen import T0_NS, record, write_run
 
 from harness.errors import InputError
 from harness.records import ERROR_CATEGORIES
-from harness.report import Report, build, jsonl, load, measured, plots
+from harness.report import Report, build, load, measured, plots
 from harness.report.aggregate import Summarizer
-from harness.report.load import CACHE_NAME
 
 
 def build_report(run_dirs: Path | list[Path], out: Path | None = None, **kwargs: Any) -> Report:
@@ -282,65 +281,6 @@ def test_offsets_in_nanoseconds_by_mistake_are_refused(tmp_path: Path) -> None:
         build([write_run(tmp_path / "r", [rec])], tmp_path / "r")
 
 
-def test_fast_and_exact_parsing_agree(tmp_path: Path) -> None:
-    # Escaped strings, unicode, nulls, empty offsets, missing optional keys, pretty whitespace.
-    recs = [record(t_s=i, model='q"uote\\d', stage="étape", tokens=i % 3) for i in range(20)]
-    recs[3].pop("connection")
-    recs[4].pop("content_events")
-    lines = [orjson.dumps(r) for r in recs] + [
-        orjson.dumps(recs[5], option=orjson.OPT_INDENT_2).replace(b"\n", b" ")
-    ]
-    path = tmp_path / "records.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n\n")
-    table, broken = jsonl.read_jsonl(path)
-    assert broken == 0
-    assert table.num_rows == 21
-    rows = table.to_pylist()
-    assert rows[0]["model"] == 'q"uote\\d' and rows[0]["stage"] == "étape"
-    assert rows[3]["connection"] is None and rows[4]["content_events"] is None
-    assert [r["event_offsets_us"] for r in rows[:20]] == [r["event_offsets_us"] for r in recs]
-    # Clean records go through the fast path; it must read them exactly as the exact path does.
-    clean = tmp_path / "clean.jsonl"
-    clean.write_bytes(
-        b"".join(orjson.dumps(record(t_s=i, tokens=i % 4, error=None)) + b"\n" for i in range(50))
-    )
-    fast = jsonl._fast_batch(clean.read_bytes())
-    exact, broken = jsonl._exact_batch(clean.read_bytes())
-    assert broken == 0 and fast.equals(exact)
-
-
-def test_parallel_parsing_matches_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    recs = [record(t_s=0.01 * i, tokens=i % 7, prompt_id=f"p{i}") for i in range(3000)]
-    run = write_run(tmp_path / "r", recs, tail=b'{"run_id": "cut')
-    path = run / "records.jsonl"
-    one, broken_one = jsonl.read_jsonl(path, processes=1)
-    monkeypatch.setattr(jsonl, "_PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(jsonl, "_CHUNK_BYTES", 64 << 10)
-    many, broken_many = jsonl.read_jsonl(path, processes=3)
-    assert broken_one == broken_many == 1
-    assert many.equals(one)
-    assert one.num_rows == 3000
-
-
-def test_parquet_cache_is_used_and_invalidated(tmp_path: Path) -> None:
-    recs = [record(t_s=0.1 * i) for i in range(20)]
-    run = write_run(tmp_path / "r", recs)
-    first = build_report(run, trim_s=0)
-    assert (run / CACHE_NAME).is_file()
-    assert first.summary["runs"][0]["from_cache"] is False
-    second = build_report(run, trim_s=0)
-    assert second.summary["runs"][0]["from_cache"] is True
-    assert second.summary["overall"] == first.summary["overall"]
-    with open(run / "records.jsonl", "ab") as fh:  # a record appended: size changes, cache is stale
-        fh.write(orjson.dumps(record(t_s=3)) + b"\n")
-    third = build_report(run, trim_s=0)
-    assert third.summary["runs"][0]["from_cache"] is False
-    assert third.summary["overall"]["requests"] == 21
-
-
-# --- outputs --------------------------------------------------------------------------------------------
-
-
 def test_outputs_and_summary_shape(tmp_path: Path) -> None:
     recs = [record(t_s=0.1 * i, model=f"m{i % 2}", ttft_ms=100.0 + i) for i in range(20)]
     out = tmp_path / "out"
@@ -453,7 +393,6 @@ def test_itl_per_group_matches_gaps_computed_by_hand(tmp_path: Path, monkeypatch
             error=None if i % 11 else "stall",
         )
         recs.append(rec | {"event_offsets_us": offsets, "content_events": len(offsets)})
-    monkeypatch.setattr(jsonl, "_CHUNK_BYTES", 16 << 10)
     report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
     for g in [*report.summary["groups"], report.summary["overall"]]:
         key = g["key"]
@@ -480,8 +419,11 @@ def test_tokens_over_time_add_up_to_the_output_tokens(tmp_path: Path) -> None:
     ds = load.load_runs([run])
     measured.select(ds, 0)
     s = Summarizer(ds)
-    series = np.zeros(len(recs), np.int64)
-    bins = plots._token_bins(ds, s.cols, series, 1, np.full(len(recs), T0_NS), 1_000_000_000, 8)
+    ctx = plots.ReportContext({}, [], ds, s, [])
+    bin_ns, n_bins = plots._time_axis(ctx, 900)
+    assert (bin_ns, n_bins) == (1_000_000_000, 7)  # 0 s to 6.5 s: 7 bins of 1 s
+    bins = plots._token_bins(ctx, s.grouping(("run",), where="NOT warmup AND ok"), 1, bin_ns, 8)
+    ds.close()
     # Record i sends 5 events in [i + 0.5, i + 0.9] and 6 in [i + 1.0, i + 1.5]; record 3 weighs 2 each.
     expected = np.zeros(8)
     for i in range(6):

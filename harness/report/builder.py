@@ -109,6 +109,20 @@ def build(
     if trim_s is not None and not trim_s >= 0:
         raise InputError(f"--trim-s: {trim_s} is not a number of seconds ≥ 0")
     ds = load_runs([Path(d) for d in run_dirs])
+    try:
+        return _build(ds, out_dir, names, keys, trim_s, WRITERS)
+    finally:
+        ds.close()
+
+
+def _build(
+    ds: Dataset,
+    out_dir: Path,
+    names: Sequence[str],
+    keys: tuple[str, ...],
+    trim_s: float | None,
+    writers: dict[str, Any],
+) -> Report:
     if trim_s is None:
         # A run may say how it wants trimming (`harness bench` measures every request: trim 0).
         asked = {(run.manifest.get("report") or {}).get("trim_s") for run in ds.runs}
@@ -116,13 +130,18 @@ def build(
             trim_s = float(only)
     selection = select(ds, trim_s)
     summarizer = Summarizer(ds)
-    groups, overall = summarizer.groups_and_overall(keys)
-    by_host_model = groups if keys == HOST_MODEL else summarizer.groups(HOST_MODEL, itl=False)
-    stage_rows = groups if keys == DEFAULT_BY else summarizer.groups(DEFAULT_BY, itl=False)
-    summary = _summary(ds, selection, keys, groups, overall, by_host_model)
+    groupings = [summarizer.grouping(keys)]
+    for extra in (HOST_MODEL, DEFAULT_BY):
+        if extra != keys:
+            groupings.append(summarizer.grouping(extra))
+    *per_grouping, (overall,) = summarizer.rows(groupings, itl={0}, overall=True)
+    groups = per_grouping[0]
+    by_host_model = groups if keys == HOST_MODEL else per_grouping[1]
+    stage_rows = groups if keys == DEFAULT_BY else per_grouping[-1]
+    summary = _summary(ds, summarizer, selection, keys, groups, overall, by_host_model)
     health = wire.client_health(ds)
     summary["client_health"] = health
-    summary["diagnostics"] = wire.diagnostics(ds, health)
+    summary["diagnostics"] = wire.diagnostics(ds, summarizer, health)
     summary["warnings"] += [
         f"run {h['run_id']}, stage {h['stage']}: {h['verdict']} (worker CPU max {h['cpu_percent_max']:.0f} %, "
         f"loop lag p99 {h['loop_lag_ms_p99']:.1f} ms)"
@@ -133,8 +152,7 @@ def build(
     make_out_dir(out_dir)
     report = Report(summary)
     for name in names:
-        report.files += WRITERS[name](ctx, out_dir)
-    ds.wait()
+        report.files += writers[name](ctx, out_dir)
     return report
 
 
@@ -147,6 +165,7 @@ def make_out_dir(out_dir: Path) -> None:
 
 def _summary(
     ds: Dataset,
+    summarizer: Summarizer,
     selection: Selection,
     by: Sequence[str],
     groups: list[Row],
@@ -154,9 +173,9 @@ def _summary(
     by_host_model: list[Row],
 ) -> dict[str, Any]:
     warnings = [
-        f"{run.dir / 'records.jsonl'}: skipped {run.broken_lines} broken line(s) (not JSON: cut mid-write?)"
+        f"{path}: skipped {n} broken line(s) (not JSON: cut mid-write?)"
         for run in ds.runs
-        if run.broken_lines
+        for path, n in run.broken_by_file.items()
     ]
     warnings += [
         f"run {t.run}, stage {t.stage}: all {t.records} records trimmed (stage spans {t.span_s:.1f} s, trim {t.trim_s:g} s at each end)"
@@ -167,7 +186,6 @@ def _summary(
         warnings.append("no records: records.jsonl is empty")
     elif selection.measured == 0:
         warnings.append("no measured records: every record was warm-up or trimmed")
-    f = ds.frame
     return {
         "schema_version": SCHEMA_VERSION,
         "harness_version": __version__,
@@ -185,8 +203,8 @@ def _summary(
             }
             for run in ds.runs
         ],
-        "hosts": [str(h) for h in f["host"].cat.categories],
-        "models": [str(m) for m in f["model"].cat.categories],
+        "hosts": [str(h) for h in summarizer.values_in_order("host")],
+        "models": [str(m) for m in summarizer.values_in_order("model")],
         "by": list(by),
         "counts": {
             "records": selection.records,

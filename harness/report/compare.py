@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from harness import metrics as m
 from harness.errors import InputError
-from harness.report.aggregate import Summarizer, check_by
+from harness.report.aggregate import Grouping, Summarizer, check_by
 from harness.report.load import load_runs
 from harness.report.measured import select
 from harness.report.tables import fixed_width, format_value, host_label
@@ -136,34 +137,60 @@ def _pct(value: float | None) -> str:
 
 
 @dataclass(frozen=True)
+class _Side:
+    """One run's groups, and the engine that answers for them."""
+
+    summarizer: Summarizer
+    grouping: Grouping
+
+    def values(self, gid: int, value: str, where: str) -> FloatArray:
+        """Per measured request of group `gid` that `where` selects, in record order: `value`."""
+        got = self.summarizer.e.numpy(
+            f"""SELECT {value} AS x FROM r {self.grouping.join()}
+                WHERE r.measured AND {self.grouping.table}.gid = {int(gid)} AND ({where}) ORDER BY r.row_id"""
+        )
+        return np.asarray(got["x"], dtype=np.float64)
+
+    def window_s(self, gid: int) -> float | None:
+        spans = self.summarizer.e.rows(
+            f"""SELECT min(r.sent_unix_ns), max(r.end_unix_ns) FROM r {self.grouping.join()}
+                WHERE r.measured AND {self.grouping.table}.gid = {int(gid)} GROUP BY r.segment"""
+        )
+        if not spans:
+            return None
+        return m.window_s(
+            np.array([a for a, _ in spans], np.int64), np.array([b for _, b in spans], np.int64)
+        )
+
+
+@dataclass(frozen=True)
 class _Metric:
     name: str
     higher_is_better: bool
-    samples: Callable[[Summarizer, npt.NDArray[np.int64]], FloatArray]
+    samples: Callable[[_Side, int], FloatArray]
     """Per request of a group: the values the statistic is computed over (and resampled)."""
     statistic: Callable[[float | None], Statistic]
     """Given the group's window (s), the statistic over the last axis of (resampled) samples."""
 
 
-def _latencies(column: str) -> Callable[[Summarizer, npt.NDArray[np.int64]], FloatArray]:
-    def samples(s: Summarizer, rows: npt.NDArray[np.int64]) -> FloatArray:
-        v = s.cols.values[column][rows][s.cols.ok[rows]]
-        return v[~np.isnan(v)]
+def _latencies(column: str) -> Callable[[_Side, int], FloatArray]:
+    def samples(side: _Side, gid: int) -> FloatArray:
+        return side.values(gid, column, f"r.ok AND r.{column} IS NOT NULL AND NOT isnan(r.{column})")
 
     return samples
 
 
-def _failed(s: Summarizer, rows: npt.NDArray[np.int64]) -> FloatArray:
-    return (~s.cols.ok[rows]).astype(np.float64)
+def _failed(side: _Side, gid: int) -> FloatArray:
+    return side.values(gid, "(NOT r.ok)::DOUBLE", "true")
 
 
-def _succeeded(s: Summarizer, rows: npt.NDArray[np.int64]) -> FloatArray:
-    return s.cols.ok[rows].astype(np.float64)
+def _succeeded(side: _Side, gid: int) -> FloatArray:
+    return side.values(gid, "r.ok::DOUBLE", "true")
 
 
-def _output_tokens(s: Summarizer, rows: npt.NDArray[np.int64]) -> FloatArray:
+def _output_tokens(side: _Side, gid: int) -> FloatArray:
     """Output tokens of each request, 0 for a failed one (throughput counts successes only)."""
-    return np.where(s.cols.ok[rows], np.nan_to_num(s.cols.values["output_tokens"][rows]), 0.0)
+    return side.values(gid, "CASE WHEN r.ok THEN coalesce(r.output_tokens, 0) ELSE 0 END::DOUBLE", "true")
 
 
 def _mean(_window: float | None) -> Statistic:
@@ -212,56 +239,63 @@ def compare(
         raise InputError(f"--metrics: none given; expected {metric_names()}")
     if resamples < 100:
         raise InputError(f"--resamples: {resamples} is too few for a 95% interval; expected at least 100")
-    sides = []
-    for run_dir in (base_dir, new_dir):
-        ds = load_runs([run_dir])
-        select(ds, trim_s)
-        s = Summarizer(ds)
-        sides.append((s, {tuple(key.values()): rows for key, rows in s.partition(keys)}, ds.runs[0].run_id))
-    (base, base_groups, base_id), (new, new_groups, new_id) = sides
-    out = Comparison(base_id, new_id, keys, threshold_pct, resamples, seed)
-    all_keys = list(base_groups) + [k for k in new_groups if k not in base_groups]
-    for gi, key in enumerate(all_keys):
-        key_dict = dict(zip(keys, key, strict=True))
-        if key not in base_groups or key not in new_groups:
-            for spec in specs:
+    datasets = []
+    try:
+        sides = []
+        for run_dir in (base_dir, new_dir):
+            ds = load_runs([run_dir])
+            datasets.append(ds)
+            select(ds, trim_s)
+            summarizer = Summarizer(ds)
+            grouping = summarizer.grouping(keys)
+            side = _Side(summarizer, grouping)
+            groups = {tuple(key.values()): gid for gid, key in enumerate(grouping.keys)}
+            sides.append((side, groups, ds.runs[0].run_id))
+        (base, base_groups, base_id), (new, new_groups, new_id) = sides
+        out = Comparison(base_id, new_id, keys, threshold_pct, resamples, seed)
+        all_keys = list(base_groups) + [k for k in new_groups if k not in base_groups]
+        for gi, key in enumerate(all_keys):
+            key_dict = dict(zip(keys, key, strict=True))
+            if key not in base_groups or key not in new_groups:
+                for spec in specs:
+                    out.changes.append(
+                        Change(key_dict, spec.name, None, None, None, None, None, "not comparable")
+                    )
+                continue
+            for mi, spec in enumerate(specs):
+                rng = [np.random.default_rng([seed, gi, mi, side]) for side in (0, 1)]
                 out.changes.append(
-                    Change(key_dict, spec.name, None, None, None, None, None, "not comparable")
+                    _change(
+                        key_dict,
+                        spec,
+                        (base, base_groups[key]),
+                        (new, new_groups[key]),
+                        rng,
+                        resamples,
+                        threshold_pct,
+                    )
                 )
-            continue
-        for mi, spec in enumerate(specs):
-            rng = [np.random.default_rng([seed, gi, mi, side]) for side in (0, 1)]
-            out.changes.append(
-                _change(
-                    key_dict,
-                    spec,
-                    (base, base_groups[key]),
-                    (new, new_groups[key]),
-                    rng,
-                    resamples,
-                    threshold_pct,
-                )
-            )
-    for s, _, _ in sides:
-        s.ds.wait()
+    finally:
+        for ds in datasets:
+            ds.close()
     return out
 
 
 def _change(
     key: dict[str, str | None],
     spec: _Metric,
-    base: tuple[Summarizer, npt.NDArray[np.int64]],
-    new: tuple[Summarizer, npt.NDArray[np.int64]],
+    base: tuple[_Side, int],
+    new: tuple[_Side, int],
     rngs: list[np.random.Generator],
     resamples: int,
     threshold_pct: float,
 ) -> Change:
     points, boots = [], []
-    for (s, rows), rng in zip((base, new), rngs, strict=True):
-        samples = spec.samples(s, rows)
+    for (side, gid), rng in zip((base, new), rngs, strict=True):
+        samples = spec.samples(side, gid)
         if samples.size == 0:
             return Change(key, spec.name, None, None, None, None, None, "not comparable")
-        window = s.window_s(rows)
+        window = side.window_s(gid)
         statistic = spec.statistic(window)
         points.append(float(statistic(samples[np.newaxis, :])[0]))
         boots.append(_bootstrap(samples, statistic, resamples, rng))

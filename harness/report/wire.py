@@ -3,7 +3,8 @@
 - Stream diagnostics (`harness.diagnostics`) per (run, host, model, stage, connection): tokens per
   socket read, share of tokens in bursts, TTFB→TTFT, and the patterns it names (Nagle, a client that
   could not keep up, buffering, a first wave of connections). Computed on up to `SAMPLE` successful
-  measured records per group (seeded), which is plenty for medians and bursts.
+  measured records per group (seeded), which is plenty for medians and bursts: the engine gives the
+  groups' row numbers, and only the sampled records' fields and `event_offsets_us` come back.
 - Client health from `client_metrics.jsonl` (each Locust process samples its CPU and event-loop lag
   every second): a stage where any worker was above `CPU_LIMIT` % or its loop lag p99 above
   `LAG_LIMIT_MS` is client-limited: its figures are not trustworthy.
@@ -16,8 +17,10 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 
 from harness.diagnostics import diagnose, stream_stats
+from harness.report.aggregate import Summarizer
 from harness.report.load import Dataset
 
 __all__ = [
@@ -85,49 +88,49 @@ def verdict(cpu: float, lag_ms: float, kernel_stamps: bool = False) -> str:
     return "ok"
 
 
-def _offsets_by_row(ds: Dataset, rows: np.ndarray) -> dict[int, list[int]]:
-    wanted = np.sort(rows)
-    out: dict[int, list[int]] = {}
-    for first, values, lengths in ds.blocks():
-        lo, hi = np.searchsorted(wanted, [first, first + len(lengths)])
-        if lo == hi:
-            continue
-        starts = np.concatenate(([0], np.cumsum(lengths)))
-        for row in wanted[lo:hi]:
-            i = int(row - first)
-            out[int(row)] = values[starts[i] : starts[i + 1]].tolist()
-    return out
-
-
-def diagnostics(ds: Dataset, health: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def diagnostics(ds: Dataset, summarizer: Summarizer, health: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Stream statistics and named findings per group of successful measured records."""
-    f = ds.frame
-    if "measured" not in f or not len(f):
+    e = ds.engine
+    grouping = summarizer.grouping(KEYS, where="measured AND ok")
+    if not grouping.keys:
         return []
-    mask = (f["measured"] & f["ok"]).to_numpy()
-    rows = np.flatnonzero(mask)
-    if not rows.size:
-        return []
-    sub = f.iloc[rows]
-    keys = [k for k in KEYS if k in f]
+    got = e.numpy(f"SELECT {grouping.table}.gid, r.row_id FROM r {grouping.join()} WHERE r.measured AND r.ok")
+    gid = np.asarray(got["gid"], dtype=np.int64)
+    row_id = np.asarray(got["row_id"], dtype=np.int64)
+    order = np.lexsort((row_id, gid))
+    gid, row_id = gid[order], row_id[order]
+    bounds = np.searchsorted(gid, np.arange(len(grouping.keys) + 1))
     rng = np.random.default_rng(0)
-    groups = sub.groupby(keys, observed=True, dropna=False, sort=True).indices
-    chosen = {
-        key: rows[idx if len(idx) <= SAMPLE else rng.choice(idx, SAMPLE, replace=False)]
-        for key, idx in groups.items()
-    }
-    offsets = _offsets_by_row(ds, np.concatenate(list(chosen.values()))) if chosen else {}
+    chosen = []
+    for g in range(len(grouping.keys)):
+        ids = row_id[bounds[g] : bounds[g + 1]]
+        chosen.append(ids if len(ids) <= SAMPLE else rng.choice(ids, SAMPLE, replace=False))
+    picks = pd.DataFrame(
+        {
+            "row_id": np.concatenate(chosen).astype(np.int64),
+            "pos": np.arange(sum(len(c) for c in chosen), dtype=np.int64),
+        }
+    )
+    e.con.register("picks_frame", picks)
+    try:
+        rows = e.con.execute(
+            """SELECT rec.ttfb_ms, rec.ttft_ms, rec.tpot_ms, rec.content_events::DOUBLE, rec.content_reads::DOUBLE,
+                      rec.conn_reused, rec.event_offsets_us
+               FROM picks_frame p JOIN rec ON rec.rowid = p.row_id ORDER BY p.pos"""
+        ).fetchall()
+    finally:
+        e.con.unregister("picks_frame")
     worst = {(h["run_id"], h["stage"]): h for h in health}
-    cols = ["ttfb_ms", "ttft_ms", "tpot_ms", "content_events", "content_reads", "conn_reused"]
+    cols = ("ttfb_ms", "ttft_ms", "tpot_ms", "content_events", "content_reads", "conn_reused")
     out = []
-    for key, grows in chosen.items():
-        key_t = key if isinstance(key, tuple) else (key,)
-        data = f.iloc[grows][cols].to_dict("records")
-        recs: list[dict[str, Any]] = []
-        for row, d in zip(grows, data, strict=True):
-            clean = {str(k): (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}
-            recs.append({**clean, "ok": True, "warmup": False, "event_offsets_us": offsets.get(int(row), [])})
-        named = dict(zip(keys, (str(k) if k is not None else None for k in key_t), strict=True))
+    start = 0
+    for named, picked in zip(grouping.keys, chosen, strict=True):
+        recs = [
+            dict(zip(cols, row[:6], strict=True))
+            | {"ok": True, "warmup": False, "event_offsets_us": row[6] or []}
+            for row in rows[start : start + len(picked)]
+        ]
+        start += len(picked)
         stats = stream_stats(recs)
         h = worst.get((named.get("run_id"), named.get("stage")))
         findings = diagnose(
@@ -136,7 +139,7 @@ def diagnostics(ds: Dataset, health: list[dict[str, Any]]) -> list[dict[str, Any
             client_cpu_max=h["cpu_percent_max"] if h else None,
             client_lag_ms_p99=h["loop_lag_ms_p99"] if h else None,
         )
-        out.append({"key": named, "stats": asdict(stats), "findings": [asdict(x) for x in findings]})
+        out.append({"key": dict(named), "stats": asdict(stats), "findings": [asdict(x) for x in findings]})
     return out
 
 
