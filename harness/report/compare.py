@@ -3,8 +3,11 @@
 Owns the comparison's method. Groups are matched by key (default host, model). For each metric the
 point values are those `harness report` shows for each run; the 95% confidence interval of the
 change comes from a bootstrap: the requests of each run are resampled with replacement (seeded,
-`resamples` times, vectorised), the metric recomputed on each resample, and the 2.5th and 97.5th
-percentiles of (new − base) taken, shown as % of the base value.
+`resamples` times), the metric recomputed on each resample, and the 2.5th and 97.5th percentiles of
+(new − base) taken, shown as % of the base value. Each resample's metric is drawn from its exact
+distribution without drawing n indices where the metric allows (percentiles: the two order
+statistics it needs; rates and token sums: multinomial counts of the distinct values), so that
+millions of requests take milliseconds.
 
 Verdict per metric: `worse` when the whole interval lies on the bad side of zero AND the change is
 beyond the threshold (a regression: `harness compare` exits 1); `better` likewise on the good side;
@@ -13,6 +16,7 @@ otherwise `no clear change`.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +47,8 @@ _DIST = re.compile(r"^(ttft_ms|ttfb_ms|tpot_ms|e2e_ms|dispatch_delay_ms)_(p50|p9
 _RATES = ("output_tokens_per_s", "requests_per_s", "error_rate")
 #: Values per bootstrap batch (resamples x requests), to bound memory.
 _BATCH_VALUES = 10_000_000
+#: Distinct values up to which a mean or sum is resampled through multinomial counts.
+_MAX_DISTINCT = 4096
 
 FloatArray = npt.NDArray[np.float64]
 Statistic = Callable[[FloatArray], FloatArray]
@@ -171,6 +177,10 @@ class _Metric:
     """Per request of a group: the values the statistic is computed over (and resampled)."""
     statistic: Callable[[float | None], Statistic]
     """Given the group's window (s), the statistic over the last axis of (resampled) samples."""
+    kind: str = "mean"
+    """`mean`, `sum` (per second of the window) or `quantile` (percentile `q`): how `_resampled`
+    draws the statistic of a resample without drawing every index."""
+    q: float = 50.0
 
 
 def _latencies(column: str) -> Callable[[_Side, int], FloatArray]:
@@ -208,13 +218,14 @@ def _per_second(window: float | None) -> Statistic:
 def _parse_metric(name: str) -> _Metric:
     if m := _DIST.match(name):
         column, stat = m.groups()
-        return _Metric(
-            name, False, _latencies(column), _mean if stat == "mean" else _percentile(float(stat[1:]))
-        )
+        if stat == "mean":
+            return _Metric(name, False, _latencies(column), _mean)
+        q = float(stat[1:])
+        return _Metric(name, False, _latencies(column), _percentile(q), "quantile", q)
     rates = {
         "error_rate": _Metric(name, False, _failed, _mean),
-        "requests_per_s": _Metric(name, True, _succeeded, _per_second),
-        "output_tokens_per_s": _Metric(name, True, _output_tokens, _per_second),
+        "requests_per_s": _Metric(name, True, _succeeded, _per_second, "sum"),
+        "output_tokens_per_s": _Metric(name, True, _output_tokens, _per_second, "sum"),
     }
     if name in rates:
         return rates[name]
@@ -298,7 +309,7 @@ def _change(
         window = side.window_s(gid)
         statistic = spec.statistic(window)
         points.append(float(statistic(samples[np.newaxis, :])[0]))
-        boots.append(_bootstrap(samples, statistic, resamples, rng))
+        boots.append(_resampled(samples, spec, window, resamples, rng))
     b, n = points
     if not (np.isfinite(b) and np.isfinite(n)):
         return Change(key, spec.name, _finite(b), _finite(n), None, None, None, "not comparable")
@@ -323,6 +334,55 @@ def _change(
 
 def _finite(x: float) -> float | None:
     return x if np.isfinite(x) else None
+
+
+def _resampled(
+    samples: FloatArray, spec: _Metric, window: float | None, resamples: int, rng: np.random.Generator
+) -> FloatArray:
+    """The metric over `resamples` resamples with replacement of `samples`, drawn exactly (each has
+    the distribution the statistic of a resample of n indices has) and fast on millions of samples:
+
+    - a percentile needs only the resample's two order statistics around rank h = (n − 1)·q/100:
+      with U₍ₖ₎ the (k+1)-th smallest of n uniforms, ~ Beta(k + 1, n − k), and the next one
+      U₍ₖ₎ + (1 − U₍ₖ₎)·Beta(1, n − k − 1), the resample's sorted values there are the sorted
+      samples at ⌊n·U⌋, interpolated as numpy does: O(1) per resample after one sort;
+    - a mean or a sum over few distinct values (success flags, token counts): the resample's count
+      of each value is multinomial: O(distinct values) per resample;
+    - otherwise (the mean of a continuous latency): indices drawn in batches (`_bootstrap`).
+    """
+    n = samples.size
+    if spec.kind == "quantile":
+        return _resampled_percentile(np.sort(samples), spec.q, resamples, rng)
+    values, counts = np.unique(samples, return_counts=True)
+    if values.size > _MAX_DISTINCT:
+        return _bootstrap(samples, spec.statistic(window), resamples, rng)
+    sums = rng.multinomial(n, counts / n, size=resamples) @ values
+    if spec.kind == "mean":
+        return np.asarray(sums / n, dtype=np.float64)
+    return np.asarray(sums / window, dtype=np.float64) if window else np.full(resamples, np.nan)
+
+
+def _resampled_percentile(
+    sorted_samples: FloatArray, q: float, resamples: int, rng: np.random.Generator
+) -> FloatArray:
+    n = sorted_samples.size
+    h = (n - 1) * (q / 100)
+    k = math.floor(h)
+    t = h - k
+    u = rng.beta(k + 1, n - k, size=resamples)
+    low = sorted_samples[np.minimum((u * n).astype(np.int64), n - 1)]
+    if t == 0 or k >= n - 1:
+        return low
+    u_next = u + (1 - u) * rng.beta(1, n - k - 1, size=resamples)
+    high = sorted_samples[np.minimum((u_next * n).astype(np.int64), n - 1)]
+    return _lerp(low, high, t)
+
+
+def _lerp(a: FloatArray, b: FloatArray, t: float) -> FloatArray:
+    """numpy's linear interpolation (from the upper neighbour when t ≥ 0.5), so that a resample's
+    percentile is the one `np.percentile` gives."""
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
 def _bootstrap(
