@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                         f"harness: warning: {path}: skipped {read.broken_lines} broken line(s) (not JSON: cut mid-write?)",
                         file=sys.stderr,
                     )
-        engine.run(f"CREATE VIEW records AS SELECT * EXCLUDE (file_index) FROM {engine.table}")
+        engine.run(f"CREATE VIEW records AS SELECT * EXCLUDE (file_index, n_events) FROM {engine.table}")
         try:
             result = engine.con.execute(sql)
             names = [d[0] for d in result.description or []]

@@ -8,12 +8,12 @@ Where the work happens: the engine groups, filters and counts (`GROUP BY` over t
 `measured`); each distribution's values come back one column at a time, in record order, and its
 percentiles are numpy's (`metrics.dist`), so they are exactly numpy's linear interpolation (DuckDB's
 `quantile_cont` differs from it in the last bit when the fraction is ≥ 0.5: numpy then interpolates
-from the upper neighbour). Pooled ITL gaps come back as a histogram (value, count) per group, exact.
+from the upper neighbour). Pooled ITL gaps: one streamed pass over the event offsets
+(`Engine.offsets`) into `metrics.PooledIntDist` per group, exact, memory flat.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ from harness.errors import InputError
 from harness.report.engine import COLUMN_TYPES, REPORT_FIELDS
 from harness.report.load import Dataset
 
-__all__ = ["BY_COLUMNS", "DEFAULT_BY", "OVERALL", "Grouping", "Summarizer", "check_by", "pooled_dist"]
+__all__ = ["BY_COLUMNS", "DEFAULT_BY", "OVERALL", "Grouping", "Summarizer", "check_by", "record_gaps"]
 
 #: `--by` key -> record field. Any other scalar record field (not a float) is a key of its own name.
 BY_COLUMNS = {
@@ -44,8 +44,6 @@ DEFAULT_BY = ("run", "host", "model", "stage")
 #: Key value of the overall row.
 OVERALL = "all"
 Row = dict[str, Any]
-Hist = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
-"""Values ascending, and how many samples of each."""
 
 
 def by_field(key: str) -> str:
@@ -182,7 +180,9 @@ class Summarizer:
         (the overall row gets it when grouping 0 does)."""
         joins = " ".join(g.join() for g in groupings)
         gid_cols = "".join(f"{g.table}.gid AS gid{i}, " for i, g in enumerate(groupings))
-        self.e.run(f"CREATE OR REPLACE TEMP VIEW m AS SELECT {gid_cols}r.* FROM r {joins} WHERE r.measured")
+        self.e.run(
+            f"CREATE OR REPLACE TEMP TABLE m AS SELECT {gid_cols}r.* FROM r {joins} WHERE r.measured ORDER BY r.row_id"
+        )
         sizes = [len(g.keys) for g in groupings]
         out: list[list[Row]] = [
             [{"key": key} | s for key, s in zip(g.keys, self._scalars(f"gid{i}", len(g.keys)), strict=True)]
@@ -191,15 +191,15 @@ class Summarizer:
         if overall:
             out.append([{"key": OVERALL} | self._scalars("0", 1)[0]])
         dists = self._dists(len(groupings), sizes, overall)
-        hists: dict[int, list[Hist]] = {i: self._itl(groupings[i]) for i in itl}
-        if overall and 0 in hists:
-            hists[len(groupings)] = [_pooled_sum(hists[0])]
+        pooled = {i: self._itl(groupings[i]) for i in itl}
+        if overall and 0 in pooled:
+            parts = pooled[0]
+            pooled[len(groupings)] = [sum(parts[1:], parts[0]) if parts else metrics.PooledIntDist()]
         for i, rows in enumerate(out):
             for j, row in enumerate(rows):
                 d = dists[i][j]
-                if i in hists:
-                    values, counts = hists[i][j]
-                    d["itl_ms"] = pooled_dist(values, counts, scale=1e-3)
+                if i in pooled:
+                    d["itl_ms"] = pooled[i][j].dist(scale=1e-3)
                 row["stream_tokens_per_s_p50"] = d.pop("stream_tokens_per_s")["p50"]
                 _order_row(row)
                 for name in DISTS:
@@ -307,21 +307,42 @@ class Summarizer:
                 out[-1][0][name] = metrics.dist(x)
         return out
 
-    def _itl(self, g: Grouping) -> list[Hist]:
-        """Pooled gaps between consecutive content events of each group's successful requests, as a
-        histogram the engine counts: exact percentiles whatever the number of gaps."""
-        got = self.e.numpy(
-            f"""SELECT gid, gap, count(*) AS n FROM (
-                    SELECT {g.table}.gid, unnest(list_transform(range(1, len(r.event_offsets_us)),
-                        lambda i: r.event_offsets_us[i + 1] - r.event_offsets_us[i])) AS gap
-                    FROM r {g.join()} WHERE r.{g.where} AND r.ok)
-                GROUP BY 1, 2 ORDER BY 1, 2"""
-        )
-        gid = np.asarray(got["gid"], dtype=np.int64)
-        gap = np.asarray(got["gap"], dtype=np.int64)
-        count = np.asarray(got["n"], dtype=np.int64)
-        bounds = np.searchsorted(gid, np.arange(len(g.keys) + 1))
-        return [(gap[a:b], count[a:b]) for a, b in itertools.pairwise(bounds)]
+    def _itl(self, g: Grouping) -> list[metrics.PooledIntDist]:
+        """Pooled gaps between consecutive content events of each group's successful requests, exact
+        (`metrics.PooledIntDist`), in one streamed pass over every record's event offsets."""
+        got = self.e.numpy(f"SELECT r.row_id, {g.table}.gid FROM r {g.join()} WHERE ({g.where}) AND r.ok")
+        group_of = np.full(self.e.max_rowid() + 1, -1, np.int32)
+        group_of[np.asarray(got["row_id"], dtype=np.int64)] = np.asarray(got["gid"], dtype=np.int32)
+        pooled = [metrics.PooledIntDist() for _ in g.keys]
+        for rowid, offsets, values in self.e.offsets():
+            groups = group_of[rowid]
+            if not (groups >= 0).any():
+                continue
+            gaps, owner = record_gaps(offsets, values)
+            gap_group = groups[owner]
+            counted = gap_group >= 0
+            gaps, gap_group = gaps[counted], gap_group[counted]
+            order = np.argsort(gap_group, kind="stable")
+            gaps, gap_group = gaps[order], gap_group[order]
+            present, starts = np.unique(gap_group, return_index=True)
+            ends = np.r_[starts[1:], gap_group.size]
+            for k, a, b in zip(present, starts, ends, strict=True):
+                pooled[int(k)].add(gaps[a:b])
+        return pooled
+
+
+def record_gaps(
+    offsets: npt.NDArray[np.int64], values: npt.NDArray[Any]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Gaps between consecutive event offsets within each record of a batch, and each gap's record
+    (`metrics.itl_gaps_us`, with owners): never across two records."""
+    lengths = np.diff(offsets)
+    v = np.asarray(values[offsets[0] : offsets[-1]], dtype=np.int64)
+    owner = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
+    if v.size < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    same = owner[1:] == owner[:-1]
+    return np.diff(v)[same], owner[1:][same]
 
 
 def _pandas_dtype(sql_type: str) -> str:
@@ -380,40 +401,3 @@ def _order_row(row: Row) -> None:
     row.clear()
     row.update(head)
     row.update(rest)
-
-
-def pooled_dist(
-    values: npt.NDArray[np.int64], counts: npt.NDArray[np.int64], *, scale: float = 1.0
-) -> dict[str, float | int | None]:
-    """`metrics.PooledIntDist.dist` of a histogram: `values` ascending, `counts[i]` samples of each.
-
-    Formula: linear interpolation between closest ranks, as `PooledIntDist`; mean = Σ v·c / n.
-    """
-    n = int(counts.sum())
-    if n == 0:
-        return metrics.dist(np.zeros(0))
-    cum = np.cumsum(counts)
-    total = int((values.astype(object) * counts.astype(object)).sum()) if values.size else 0
-
-    def at(rank: int) -> float:
-        return float(values[int(np.searchsorted(cum, rank, side="right"))])
-
-    def percentile(q: float) -> float:
-        h = (n - 1) * q / 100
-        lo = math.floor(h)
-        return at(lo) + (at(math.ceil(h)) - at(lo)) * (h - lo)
-
-    out: dict[str, float | int | None] = {"count": n, "mean": total / n * scale}
-    out.update({f"p{q}": percentile(q) * scale for q in metrics.PERCENTILES})
-    out["max"] = at(n - 1) * scale
-    return out
-
-
-def _pooled_sum(parts: list[Hist]) -> Hist:
-    """The histogram of the union of disjoint groups' histograms."""
-    if not parts:
-        return (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    values = np.concatenate([p[0] for p in parts])
-    counts = np.concatenate([p[1] for p in parts])
-    uniq, inverse = np.unique(values, return_inverse=True)
-    return (uniq, np.bincount(inverse, weights=counts, minlength=uniq.size).astype(np.int64))

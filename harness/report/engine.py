@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from harness.errors import InputError
@@ -45,6 +47,8 @@ __all__ = [
     "check_record",
     "duckdb_type",
 ]
+
+IntArray = npt.NDArray[np.int64]
 
 #: DuckDB's buffer pool cap (`HARNESS_REPORT_MEMORY` overrides): beyond it, work spills to disk.
 DEFAULT_MEMORY_LIMIT = "400MB"
@@ -105,8 +109,9 @@ class FileRead:
 class Engine:
     """A DuckDB database in a temporary folder (removed on `close`), holding table `rec`.
 
-    `rec` has `run_index` (into the runs given to `load`), `file_index` and the chosen record fields;
-    its `rowid` follows the files' order, line by line (the order "first appearance" refers to).
+    `rec` has `run_index` (into the runs given to `load`), `file_index`, the chosen record fields and
+    `n_events` (the length of `event_offsets_us`); its `rowid` follows the files' order, line by line
+    (the order "first appearance" refers to).
     """
 
     def __init__(
@@ -129,7 +134,9 @@ class Engine:
             self._tmp.cleanup()
             raise InputError(f"HARNESS_REPORT_MEMORY={limit!r}: not a memory size ({exc})") from exc
         columns = ", ".join(f'"{n}" {COLUMN_TYPES[n][0]}' for n in self.fields)
-        self.run(f"CREATE TABLE {table} (run_index INTEGER, file_index INTEGER, {columns})")
+        # n_events: the length of event_offsets_us, taken while reading (later queries then never
+        # touch the lists but to stream them).
+        self.run(f"CREATE TABLE {table} (run_index INTEGER, file_index INTEGER, {columns}, n_events INTEGER)")
         self._files = 0
 
     def close(self) -> None:
@@ -173,8 +180,9 @@ class Engine:
     def _insert(self, path: Path, run_index: int, file_index: int, *, strict: bool) -> None:
         spec = ", ".join(f"'{n}': '{t}'" for n, (t, _) in COLUMN_TYPES.items())
         names = ", ".join(f'"{n}"' for n in self.fields)
+        n_events = "len(event_offsets_us)" if "event_offsets_us" in self.fields else "NULL"
         self.run(
-            f"INSERT INTO {self.table} SELECT {run_index}, {file_index}, {names} FROM read_json($1, "
+            f"INSERT INTO {self.table} SELECT {run_index}, {file_index}, {names}, {n_events} FROM read_json($1, "
             f"format='newline_delimited', columns={{{spec}}}, ignore_errors={str(not strict).lower()})",
             [str(path)],
         )
@@ -226,6 +234,29 @@ class Engine:
 
     def rows(self, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self.con.execute(query, params).fetchall()]
+
+    def offsets(self, batch_rows: int = 32_768) -> Iterator[tuple[IntArray, IntArray, IntArray]]:
+        """Every record's `event_offsets_us`, streamed in table order a batch at a time (memory
+        stays flat whatever the number of events): (rowids, list offsets: record i owns
+        `values[offsets[i]:offsets[i + 1]]`, values)."""
+        cursor = self.con.cursor()  # its own connection: other queries may run between batches
+        try:
+            reader = cursor.sql(f"SELECT rowid, event_offsets_us FROM {self.table}").to_arrow_reader(
+                batch_rows
+            )
+            for batch in reader:
+                lists = batch.column(1)
+                yield (
+                    batch.column(0).to_numpy().astype(np.int64, copy=False),
+                    lists.offsets.to_numpy().astype(np.int64),
+                    lists.values.to_numpy(),
+                )
+        finally:
+            cursor.close()
+
+    def max_rowid(self) -> int:
+        (top,) = self.one(f"SELECT max(rowid) FROM {self.table}")
+        return -1 if top is None else int(top)
 
     def numpy(self, query: str, params: Sequence[Any] | None = None) -> dict[str, Any]:
         """Columns of the result as numpy arrays (masked arrays where a column holds NULLs)."""

@@ -3,8 +3,9 @@
 Owns: warm-up exclusion (`warmup: true` records are counted, never measured), steady-state trimming
 (records SENT in the first and last N seconds of each (run, stage) are dropped), each stage's
 concurrency, the TTFT-at-concurrency-1 baseline that queue time is measured from, and each record's
-SLO limits (from its run's manifest). All of it is the engine's view `r`: table `rec` joined with
-small tables of per-stage (`seg`), per-run (`run_slo`) and per-(run, host, model) (`c1`) values.
+SLO limits (from its run's manifest). All of it is the engine's table `r`: table `rec` joined with
+small tables of per-stage (`seg`), per-run (`run_slo`) and per-(run, host, model) (`c1`) values,
+without the token offsets (those stay in `rec`, by `row_id` = `rec.rowid`).
 
 Columns `r` adds to the record fields: `row_id` (the file order), `end_unix_ns`, `segment` (the
 record's (run, stage) number), `trimmed`, `measured`, `concurrency`, `ttft_c1_ms`, `slo_ttft_ms`,
@@ -20,9 +21,17 @@ import numpy as np
 import pandas as pd
 
 from harness import metrics
+from harness.report.engine import COLUMN_TYPES, REPORT_FIELDS
 from harness.report.load import Dataset
 
 __all__ = ["Selection", "StageTrim", "default_trim_s", "select"]
+
+#: Record columns of the view `r` (every field the report reads but the list of token offsets).
+_SCALARS = ", ".join(
+    f'r1."{n}"'
+    for n in ("row_id", "run_index", "file_index", "n_events", *REPORT_FIELDS)
+    if not COLUMN_TYPES.get(n, ("",))[0].endswith("[]")
+)
 
 #: Stages shorter than this (first to last send) are not trimmed by default.
 MIN_SPAN_TO_TRIM_S = 3.0
@@ -122,16 +131,20 @@ def select(ds: Dataset, trim_s: float | None = None) -> Selection:
                                                 OR rec.sent_unix_ns > s.last_ns - s.trim_ns), false) AS trimmed,
                   u.concurrency,
                   q.slo_ttft_ms, q.slo_tpot_ms, q.slo_e2e_ms, q.has_slo,
-                  len(rec.event_offsets_us) AS n_events,
-                  coalesce(rec.content_events, len(rec.event_offsets_us)) AS events
+                  coalesce(rec.content_events, rec.n_events) AS events
            FROM rec JOIN seg s USING (run_id, stage) JOIN run_slo q USING (run_index)
                 LEFT JOIN seg_users u USING (segment)"""
     )
     e.run("CREATE OR REPLACE VIEW r1 AS SELECT *, NOT warmup AND NOT trimmed AS measured FROM r0")
     _ttft_at_c1(ds)
+    # Materialized once, without the token offsets (streamed from `rec` when needed, see
+    # `Engine.offsets`), in record order: every later query is a plain scan of it.
     e.run(
-        """CREATE OR REPLACE VIEW r AS
-           SELECT r1.*, c1.ttft_c1_ms FROM r1 LEFT JOIN c1 USING (run_id, host, model)"""
+        f"""CREATE OR REPLACE TABLE r AS
+           SELECT {_SCALARS}, r1.end_unix_ns, r1.segment, r1.trimmed, r1.measured, r1.concurrency,
+                  r1.slo_ttft_ms, r1.slo_tpot_ms, r1.slo_e2e_ms, r1.has_slo, r1.events,
+                  c1.ttft_c1_ms
+           FROM r1 LEFT JOIN c1 USING (run_id, host, model) ORDER BY r1.row_id"""
     )
     trimmed = dict(e.rows("SELECT segment, count(*) FROM r0 WHERE trimmed GROUP BY segment"))
     seg_of = {(s[0], s[1]): s[2] for s in seg_rows}

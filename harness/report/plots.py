@@ -203,28 +203,48 @@ def _token_bins(
     ctx: ReportContext, grouping: Grouping, n_series: int, bin_ns: int, n_bins: int
 ) -> FloatArray:
     """Output tokens per (series, time bin) of the live successful records of the first `n_series`
-    groups, counted by the engine: each content event lands in the bin of (send - run's first send
-    + its offset), weighted by output tokens / content events; events past the last bin stay in it;
-    answers without content events (non-streaming) count at their end."""
+    groups: each content event lands in the bin of (send − its run's first send + its offset),
+    weighted by output tokens / content events; events past the last bin stay in it; answers
+    without content events (non-streaming) count at their end. The engine gives each record's
+    series, base and weight; one streamed pass over the event offsets bins them."""
+    e = ctx.dataset.engine
     bin_us = bin_ns // 1000
-    rows = ctx.dataset.engine.rows(
-        f"""WITH live AS (
-                SELECT {grouping.table}.gid, r.event_offsets_us, r.n_events,
-                       coalesce(r.output_tokens, 0)::DOUBLE AS tokens,
-                       greatest((r.sent_unix_ns - t0.t0) // 1000, 0) AS since_us,
-                       r.end_unix_ns - t0.t0 AS end_ns
-                FROM r JOIN t0 USING (run_index) {grouping.join()}
-                WHERE NOT r.warmup AND r.ok AND {grouping.table}.gid < {n_series})
-            SELECT gid, least((since_us + unnest(event_offsets_us)) // {bin_us}, {n_bins - 1}) AS b,
-                   sum(tokens / n_events) FROM live WHERE n_events > 0 GROUP BY 1, 2
-            UNION ALL
-            SELECT gid, least(greatest(end_ns // {bin_ns}, 0), {n_bins - 1}), sum(tokens)
-            FROM live WHERE n_events = 0 GROUP BY 1, 2"""
+    got = e.numpy(
+        f"""SELECT r.row_id, {grouping.table}.gid, greatest((r.sent_unix_ns - t0.t0) // 1000, 0) AS since_us,
+                   coalesce(r.output_tokens, 0)::DOUBLE AS tokens, r.n_events,
+                   least(greatest((r.end_unix_ns - t0.t0) // {bin_ns}, 0), {n_bins - 1}) AS end_bin
+            FROM r JOIN t0 USING (run_index) {grouping.join()}
+            WHERE NOT r.warmup AND r.ok AND {grouping.table}.gid < {n_series}"""
     )
-    acc = np.zeros((n_series, n_bins))
-    for gid, b, total in rows:
-        acc[int(gid), int(b)] += float(total)
-    return acc
+    acc = np.zeros(n_series * n_bins + 1)
+    gid = np.asarray(got["gid"], dtype=np.int64)
+    tokens = np.asarray(got["tokens"], dtype=np.float64)
+    n_events = np.asarray(got["n_events"], dtype=np.int64)
+    none = n_events == 0
+    end_cell = gid[none] * n_bins + np.asarray(got["end_bin"], dtype=np.int64)[none]
+    acc += np.bincount(end_cell, weights=tokens[none], minlength=acc.size)
+    size = e.max_rowid() + 1
+    series = np.full(size, -1, np.int64)
+    base_us = np.zeros(size, np.int64)
+    weight = np.zeros(size)
+    row_id = np.asarray(got["row_id"], dtype=np.int64)
+    series[row_id] = gid
+    base_us[row_id] = np.asarray(got["since_us"], dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight[row_id] = np.where(n_events > 0, tokens / n_events, 0.0)
+    del got, gid, tokens, n_events, row_id
+    spare = n_series * n_bins
+    for rowid, offsets, values in e.offsets():
+        s = series[rowid]
+        if not (s >= 0).any():
+            continue
+        lengths = np.diff(offsets)
+        v = np.asarray(values[offsets[0] : offsets[-1]], dtype=np.int64)
+        bins = np.minimum((np.repeat(base_us[rowid], lengths) + v) // bin_us, n_bins - 1)
+        owner_series = np.repeat(s, lengths)
+        cell = np.where(owner_series >= 0, owner_series * n_bins + bins, spare)
+        acc += np.bincount(cell, weights=np.repeat(weight[rowid], lengths), minlength=acc.size)
+    return acc[:spare].reshape(n_series, n_bins)
 
 
 def _errors_over_time(ctx: ReportContext) -> Figure:
