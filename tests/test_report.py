@@ -418,20 +418,20 @@ def test_tokens_over_time_add_up_to_the_output_tokens(tmp_path: Path) -> None:
     run = write_run(tmp_path / "r", recs)
     ds = load.load_runs([run])
     measured.select(ds, 0)
-    s = Summarizer(ds)
-    ctx = plots.ReportContext({}, [], ds, s, [])
-    bin_ns, n_bins = plots._time_axis(ctx, 900)
-    assert (bin_ns, n_bins) == (1_000_000_000, 7)  # 0 s to 6.5 s: 7 bins of 1 s
-    bins = plots._token_bins(ctx, s.grouping(("run",), where="NOT warmup AND ok"), 1, bin_ns, 8)
+    bins = plots.token_bins(ds, Summarizer(ds))
+    assert bins is not None
+    assert (bins.bin_ns, bins.n_bins) == (1_000_000_000, 7)  # 0 s to 6.5 s: 7 bins of 1 s
+    ds.engine.stream([bins])
     ds.close()
+    counts = bins.counts()
     # Record i sends 5 events in [i + 0.5, i + 0.9] and 6 in [i + 1.0, i + 1.5]; record 3 weighs 2 each.
-    expected = np.zeros(8)
+    expected = np.zeros(7)
     for i in range(6):
         weight = 2 if i == 3 else 1
         expected[i] += 5 * weight
         expected[i + 1] += 6 * weight
-    assert bins[0].tolist() == expected.tolist()
-    assert bins.sum() == 6 * 11 + 11
+    assert counts[0].tolist() == expected.tolist()
+    assert counts.sum() == 6 * 11 + 11
 
 
 def test_an_empty_records_file_gives_an_empty_report(tmp_path: Path) -> None:

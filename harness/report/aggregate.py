@@ -174,10 +174,17 @@ class Summarizer:
         rows = self.rows([self.grouping(by)], itl={0}, overall=True)
         return rows[0], rows[1][0]
 
-    def rows(self, groupings: list[Grouping], *, itl: set[int], overall: bool = False) -> list[list[Row]]:
+    def rows(
+        self,
+        groupings: list[Grouping],
+        *,
+        itl: set[int],
+        overall: bool = False,
+        pooled_itl: dict[int, list[metrics.PooledIntDist]] | None = None,
+    ) -> list[list[Row]]:
         """Rows of each grouping (and, when `overall`, a last list holding the overall row); each
         distribution is read once for all of them. `itl`: the groupings whose rows get pooled ITL
-        (the overall row gets it when grouping 0 does)."""
+        (the overall row gets it when grouping 0 does), from `pooled_itl` when already gathered."""
         joins = " ".join(g.join() for g in groupings)
         gid_cols = "".join(f"{g.table}.gid AS gid{i}, " for i, g in enumerate(groupings))
         self.e.run(
@@ -191,7 +198,8 @@ class Summarizer:
         if overall:
             out.append([{"key": OVERALL} | self._scalars("0", 1)[0]])
         dists = self._dists(len(groupings), sizes, overall)
-        pooled = {i: self._itl(groupings[i]) for i in itl}
+        given = pooled_itl or {}
+        pooled = {i: given[i] if i in given else self._itl(groupings[i]) for i in itl}
         if overall and 0 in pooled:
             parts = pooled[0]
             pooled[len(groupings)] = [sum(parts[1:], parts[0]) if parts else metrics.PooledIntDist()]
@@ -307,28 +315,44 @@ class Summarizer:
                 out[-1][0][name] = metrics.dist(x)
         return out
 
-    def _itl(self, g: Grouping) -> list[metrics.PooledIntDist]:
-        """Pooled gaps between consecutive content events of each group's successful requests, exact
-        (`metrics.PooledIntDist`), in one streamed pass over every record's event offsets."""
+    def itl_gaps(self, g: Grouping) -> ItlGaps:
+        """A consumer of the event offsets (`Engine.stream`) pooling the ITL gaps of `g`'s groups."""
         got = self.e.numpy(f"SELECT r.row_id, {g.table}.gid FROM r {g.join()} WHERE ({g.where}) AND r.ok")
         group_of = np.full(self.e.max_rowid() + 1, -1, np.int32)
         group_of[np.asarray(got["row_id"], dtype=np.int64)] = np.asarray(got["gid"], dtype=np.int32)
-        pooled = [metrics.PooledIntDist() for _ in g.keys]
-        for rowid, offsets, values in self.e.offsets():
-            groups = group_of[rowid]
-            if not (groups >= 0).any():
-                continue
-            gaps, owner = record_gaps(offsets, values)
-            gap_group = groups[owner]
-            counted = gap_group >= 0
-            gaps, gap_group = gaps[counted], gap_group[counted]
-            order = np.argsort(gap_group, kind="stable")
-            gaps, gap_group = gaps[order], gap_group[order]
-            present, starts = np.unique(gap_group, return_index=True)
-            ends = np.r_[starts[1:], gap_group.size]
-            for k, a, b in zip(present, starts, ends, strict=True):
-                pooled[int(k)].add(gaps[a:b])
-        return pooled
+        return ItlGaps(group_of, [metrics.PooledIntDist() for _ in g.keys])
+
+    def _itl(self, g: Grouping) -> list[metrics.PooledIntDist]:
+        gaps = self.itl_gaps(g)
+        self.e.stream([gaps])
+        return gaps.pooled
+
+
+@dataclass
+class ItlGaps:
+    """Pooled gaps between consecutive content events of each group's successful requests, exact
+    (`metrics.PooledIntDist`), fed batch by batch from the streamed event offsets."""
+
+    group_of: npt.NDArray[np.int32]
+    """Per rowid, its group (-1: not counted)."""
+    pooled: list[metrics.PooledIntDist]
+
+    def feed(
+        self, rowids: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], values: npt.NDArray[Any]
+    ) -> None:
+        groups = self.group_of[rowids]
+        if not (groups >= 0).any():
+            return
+        gaps, owner = record_gaps(offsets, values)
+        gap_group = groups[owner]
+        counted = gap_group >= 0
+        gaps, gap_group = gaps[counted], gap_group[counted]
+        order = np.argsort(gap_group, kind="stable")
+        gaps, gap_group = gaps[order], gap_group[order]
+        present, starts = np.unique(gap_group, return_index=True)
+        ends = np.r_[starts[1:], gap_group.size]
+        for k, a, b in zip(present, starts, ends, strict=True):
+            self.pooled[int(k)].add(gaps[a:b])
 
 
 def record_gaps(

@@ -37,6 +37,9 @@ class ReportContext:
     summarizer: Summarizer
     stage_rows: list[Row]
     """Rows per (run, host, model, stage), for latency-against-throughput curves."""
+    prepared: dict[str, Any] = field(default_factory=dict)
+    """What was computed in the report's one streamed pass over the event offsets for writers
+    (`token_bins`: `plots.TokenBins`); a writer computes what is missing itself."""
 
 
 @dataclass
@@ -134,21 +137,32 @@ def _build(
     for extra in (HOST_MODEL, DEFAULT_BY):
         if extra != keys:
             groupings.append(summarizer.grouping(extra))
-    *per_grouping, (overall,) = summarizer.rows(groupings, itl={0}, overall=True)
+    # One streamed pass over the event offsets feeds everything computed from them.
+    itl = summarizer.itl_gaps(groupings[0])
+    diag_sample = wire.sample(ds, summarizer)
+    consumers: list[Any] = [itl, diag_sample]
+    prepared: dict[str, Any] = {}
+    if "html" in names:
+        from harness.report import plots
+
+        prepared["token_bins"] = plots.token_bins(ds, summarizer)
+        consumers += [prepared["token_bins"]] if prepared["token_bins"] is not None else []
+    ds.engine.stream(consumers)
+    *per_grouping, (overall,) = summarizer.rows(groupings, itl={0}, overall=True, pooled_itl={0: itl.pooled})
     groups = per_grouping[0]
     by_host_model = groups if keys == HOST_MODEL else per_grouping[1]
     stage_rows = groups if keys == DEFAULT_BY else per_grouping[-1]
     summary = _summary(ds, summarizer, selection, keys, groups, overall, by_host_model)
     health = wire.client_health(ds)
     summary["client_health"] = health
-    summary["diagnostics"] = wire.diagnostics(ds, summarizer, health)
+    summary["diagnostics"] = wire.diagnostics(ds, summarizer, health, diag_sample)
     summary["warnings"] += [
         f"run {h['run_id']}, stage {h['stage']}: {h['verdict']} (worker CPU max {h['cpu_percent_max']:.0f} %, "
         f"loop lag p99 {h['loop_lag_ms_p99']:.1f} ms)"
         for h in health
         if h["client_limited"]
     ]
-    ctx = ReportContext(summary, build_tables(summary), ds, summarizer, stage_rows)
+    ctx = ReportContext(summary, build_tables(summary), ds, summarizer, stage_rows, prepared)
     make_out_dir(out_dir)
     report = Report(summary)
     for name in names:

@@ -44,6 +44,7 @@ __all__ = [
     "REPORT_FIELDS",
     "Engine",
     "FileRead",
+    "OffsetsConsumer",
     "check_record",
     "duckdb_type",
 ]
@@ -95,6 +96,12 @@ NOT_NULL = tuple(k for k in REQUIRED_KEYS if not COLUMN_TYPES[k][1])
 REPORT_FIELDS = tuple(
     n for n in COLUMN_TYPES if n not in {"text", "extra", "error_detail", "finish_reason", "stream"}
 )
+
+
+class OffsetsConsumer(typing.Protocol):
+    """Something computed from the event offsets, a batch of records at a time (`Engine.stream`)."""
+
+    def feed(self, rowids: IntArray, offsets: IntArray, values: npt.NDArray[Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -253,6 +260,14 @@ class Engine:
                 )
         finally:
             cursor.close()
+
+    def stream(self, consumers: Sequence[OffsetsConsumer]) -> None:
+        """One streamed pass over every record's event offsets, each batch fed to every consumer."""
+        if not consumers:
+            return
+        for batch in self.offsets():
+            for consumer in consumers:
+                consumer.feed(*batch)
 
     def max_rowid(self) -> int:
         (top,) = self.one(f"SELECT max(rowid) FROM {self.table}")

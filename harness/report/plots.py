@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from harness.report.aggregate import Grouping, Row
+from harness.report.aggregate import Grouping, Row, Summarizer
 from harness.report.builder import ReportContext
+from harness.report.engine import Engine
+from harness.report.load import Dataset
 from harness.report.svg import Chart, LegendEntry, Line, Stack, legend, line_chart, stacked_bars
 from harness.report.tables import host_label
 
@@ -160,63 +163,75 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:,.4g}"
 
 
-def _time_axis(ctx: ReportContext, max_bins: int) -> tuple[int, int]:
+def _time_axis(engine: Engine, max_bins: int) -> tuple[int, int]:
     """(bin width in ns, number of bins) over live records, and table `t0`: each run's first send."""
-    e = ctx.dataset.engine
-    e.run(
+    engine.run(
         """CREATE OR REPLACE TEMP TABLE t0 AS SELECT run_index, min(sent_unix_ns) AS t0,
            max(end_unix_ns) - min(sent_unix_ns) AS span FROM r WHERE NOT warmup GROUP BY 1"""
     )
-    (span,) = e.one("SELECT max(span) FROM t0 WHERE span >= 0")
+    (span,) = engine.one("SELECT max(span) FROM t0 WHERE span >= 0")
     span_ns = int(max(span or 0, 1))
     bin_s = max(1, math.ceil(span_ns / 1e9 / max_bins))
     bin_ns = bin_s * 1_000_000_000
     return bin_ns, span_ns // bin_ns + 1
 
 
-def _tokens_over_time(ctx: ReportContext) -> Figure:
-    title = "Output tokens/s over time"
-    grouping = ctx.summarizer.grouping(("run", "host", "model"), where="NOT warmup AND ok")
-    if not grouping.keys:
-        return Figure(
-            "tokens-over-time", "No successful request.", line_chart(Chart(title, "s", "tok/s"), []), []
+@dataclass
+class TokenBins:
+    """Output tokens per (series, time bin) of the live successful records of the first
+    `MAX_LINES` (run, host, model) groups: each content event lands in the bin of (send − its run's
+    first send + its offset), weighted by output tokens / content events; events past the last bin
+    stay in it; answers without content events (non-streaming) count at their end. The engine
+    gives each record's series, base and weight; the streamed event offsets (`Engine.stream`) are
+    binned batch by batch."""
+
+    keys: list[dict[str, str | None]]
+    bin_ns: int
+    n_bins: int
+    series: npt.NDArray[np.int64]
+    """Per rowid, its series (-1: none)."""
+    base_us: npt.NDArray[np.int64]
+    weight: FloatArray
+    acc: FloatArray
+
+    def feed(
+        self, rowids: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], values: npt.NDArray[Any]
+    ) -> None:
+        s = self.series[rowids]
+        if not (s >= 0).any():
+            return
+        lengths = np.diff(offsets)
+        v = np.asarray(values[offsets[0] : offsets[-1]], dtype=np.int64)
+        bins = np.minimum(
+            (np.repeat(self.base_us[rowids], lengths) + v) // (self.bin_ns // 1000), self.n_bins - 1
         )
-    bin_ns, n_bins = _time_axis(ctx, MAX_BINS)
-    keys = grouping.keys[:MAX_LINES]
-    counts = _token_bins(ctx, grouping, len(keys), bin_ns, n_bins)
-    x = np.arange(n_bins) * bin_ns / 1e9
-    labels = _labels(keys)
-    lines = [Line(label, x, counts[i] / (bin_ns / 1e9), color=i) for i, label in enumerate(labels)]
-    chart = Chart(
-        f"{title} ({bin_ns // 1_000_000_000} s bins)",
-        "seconds since the run's first request",
-        "output tokens/s",
-    )
-    caption = (
-        "Output tokens of successful requests placed at the arrival of each content event (each event weighted by "
-        "output tokens / content events of its request), per time bin; warm-up excluded, trimmed edges included."
-    )
-    return Figure("tokens-over-time", caption, line_chart(chart, lines), legend(lines))
+        owner_series = np.repeat(s, lengths)
+        spare = self.acc.size - 1
+        cell = np.where(owner_series >= 0, owner_series * self.n_bins + bins, spare)
+        self.acc += np.bincount(
+            cell, weights=np.repeat(self.weight[rowids], lengths), minlength=self.acc.size
+        )
+
+    def counts(self) -> FloatArray:
+        return self.acc[:-1].reshape(len(self.keys), self.n_bins)
 
 
-def _token_bins(
-    ctx: ReportContext, grouping: Grouping, n_series: int, bin_ns: int, n_bins: int
-) -> FloatArray:
-    """Output tokens per (series, time bin) of the live successful records of the first `n_series`
-    groups: each content event lands in the bin of (send − its run's first send + its offset),
-    weighted by output tokens / content events; events past the last bin stay in it; answers
-    without content events (non-streaming) count at their end. The engine gives each record's
-    series, base and weight; one streamed pass over the event offsets bins them."""
-    e = ctx.dataset.engine
-    bin_us = bin_ns // 1000
+def token_bins(ds: Dataset, summarizer: Summarizer, n_series: int = MAX_LINES) -> TokenBins | None:
+    """A `TokenBins` ready to be fed; None when no live request succeeded."""
+    grouping = summarizer.grouping(("run", "host", "model"), where="NOT warmup AND ok")
+    if not grouping.keys:
+        return None
+    e = ds.engine
+    bin_ns, n_bins = _time_axis(e, MAX_BINS)
+    keys = grouping.keys[:n_series]
     got = e.numpy(
         f"""SELECT r.row_id, {grouping.table}.gid, greatest((r.sent_unix_ns - t0.t0) // 1000, 0) AS since_us,
                    coalesce(r.output_tokens, 0)::DOUBLE AS tokens, r.n_events,
                    least(greatest((r.end_unix_ns - t0.t0) // {bin_ns}, 0), {n_bins - 1}) AS end_bin
             FROM r JOIN t0 USING (run_index) {grouping.join()}
-            WHERE NOT r.warmup AND r.ok AND {grouping.table}.gid < {n_series}"""
+            WHERE NOT r.warmup AND r.ok AND {grouping.table}.gid < {len(keys)}"""
     )
-    acc = np.zeros(n_series * n_bins + 1)
+    acc = np.zeros(len(keys) * n_bins + 1)
     gid = np.asarray(got["gid"], dtype=np.int64)
     tokens = np.asarray(got["tokens"], dtype=np.float64)
     n_events = np.asarray(got["n_events"], dtype=np.int64)
@@ -232,26 +247,41 @@ def _token_bins(
     base_us[row_id] = np.asarray(got["since_us"], dtype=np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
         weight[row_id] = np.where(n_events > 0, tokens / n_events, 0.0)
-    del got, gid, tokens, n_events, row_id
-    spare = n_series * n_bins
-    for rowid, offsets, values in e.offsets():
-        s = series[rowid]
-        if not (s >= 0).any():
-            continue
-        lengths = np.diff(offsets)
-        v = np.asarray(values[offsets[0] : offsets[-1]], dtype=np.int64)
-        bins = np.minimum((np.repeat(base_us[rowid], lengths) + v) // bin_us, n_bins - 1)
-        owner_series = np.repeat(s, lengths)
-        cell = np.where(owner_series >= 0, owner_series * n_bins + bins, spare)
-        acc += np.bincount(cell, weights=np.repeat(weight[rowid], lengths), minlength=acc.size)
-    return acc[:spare].reshape(n_series, n_bins)
+    return TokenBins(keys, bin_ns, n_bins, series, base_us, weight, acc)
+
+
+def _tokens_over_time(ctx: ReportContext) -> Figure:
+    title = "Output tokens/s over time"
+    bins = ctx.prepared.get("token_bins")
+    if bins is None and "token_bins" not in ctx.prepared:
+        bins = token_bins(ctx.dataset, ctx.summarizer)
+        if bins is not None:
+            ctx.dataset.engine.stream([bins])
+    if bins is None:
+        return Figure(
+            "tokens-over-time", "No successful request.", line_chart(Chart(title, "s", "tok/s"), []), []
+        )
+    counts = bins.counts()
+    x = np.arange(bins.n_bins) * bins.bin_ns / 1e9
+    labels = _labels(bins.keys)
+    lines = [Line(label, x, counts[i] / (bins.bin_ns / 1e9), color=i) for i, label in enumerate(labels)]
+    chart = Chart(
+        f"{title} ({bins.bin_ns // 1_000_000_000} s bins)",
+        "seconds since the run's first request",
+        "output tokens/s",
+    )
+    caption = (
+        "Output tokens of successful requests placed at the arrival of each content event (each event weighted by "
+        "output tokens / content events of its request), per time bin; warm-up excluded, trimmed edges included."
+    )
+    return Figure("tokens-over-time", caption, line_chart(chart, lines), legend(lines))
 
 
 def _errors_over_time(ctx: ReportContext) -> Figure:
     e = ctx.dataset.engine
     title = "Errors over time"
     (live,) = e.one("SELECT count(*) FROM r WHERE NOT warmup")
-    bin_ns, n_bins = _time_axis(ctx, MAX_ERROR_BINS) if live else (1_000_000_000, 1)
+    bin_ns, n_bins = _time_axis(e, MAX_ERROR_BINS) if live else (1_000_000_000, 1)
     names = ["unknown", *(str(v) for v in ctx.summarizer.values_in_order("error"))]
     index = {name: i for i, name in enumerate(names)}
     counts = np.zeros((len(names), n_bins))

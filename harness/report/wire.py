@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,6 @@ import pandas as pd
 
 from harness.diagnostics import StreamStats, diagnose
 from harness.report.aggregate import Summarizer
-from harness.report.engine import Engine
 from harness.report.load import Dataset
 
 __all__ = [
@@ -31,6 +30,7 @@ __all__ = [
     "client_health",
     "diagnostics",
     "markdown_lines",
+    "sample",
     "table_rows",
     "verdict",
 ]
@@ -90,13 +90,51 @@ def verdict(cpu: float, lag_ms: float, kernel_stamps: bool = False) -> str:
     return "ok"
 
 
-def diagnostics(ds: Dataset, summarizer: Summarizer, health: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stream statistics and named findings per group of successful measured records."""
+@dataclass
+class Sample:
+    """The records each diagnostics group is computed on, and what their event offsets give: a
+    consumer of the streamed offsets (`Engine.stream`)."""
+
+    keys: list[dict[str, str | None]]
+    cols: dict[str, Any]
+    """Per sampled record (ttft known): g (its group), row_id, ttft_ms, ttfb_ms, tpot_ms, events,
+    reads, reused."""
+    pick_group: npt.NDArray[np.int64]
+    """Per rowid, its group when sampled, else -1."""
+    bursty: npt.NDArray[np.int64]
+    total: npt.NDArray[np.int64]
+    raw: list[list[npt.NDArray[np.int64]]] = field(default_factory=list)
+
+    def feed(
+        self, rowids: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], values: npt.NDArray[Any]
+    ) -> None:
+        groups = self.pick_group[rowids]
+        if not (groups >= 0).any():
+            return
+        lengths = np.diff(offsets)
+        v = np.asarray(values[offsets[0] : offsets[-1]], dtype=np.int64)
+        owner = np.repeat(np.arange(lengths.size), lengths)
+        token_group = groups[owner]
+        self.total += np.bincount(token_group[token_group >= 0], minlength=self.total.size)
+        if v.size < 2:
+            return
+        same = owner[1:] == owner[:-1]
+        equal = same & (v[1:] == v[:-1])
+        burst = np.zeros(v.size, bool)
+        burst[:-1] |= equal
+        burst[1:] |= equal
+        self.bursty += np.bincount(token_group[burst & (token_group >= 0)], minlength=self.bursty.size)
+        gap_group = token_group[1:][same]
+        gaps = np.diff(v)[same]
+        for k in np.unique(gap_group[gap_group >= 0]):
+            self.raw[int(k)].append(gaps[gap_group == k])
+
+
+def sample(ds: Dataset, summarizer: Summarizer) -> Sample:
+    """Up to `SAMPLE` successful measured records per (run, host, model, stage, connection), seeded."""
     e = ds.engine
     grouping = summarizer.grouping(KEYS, where="measured AND ok")
     n_groups = len(grouping.keys)
-    if not n_groups:
-        return []
     got = e.numpy(f"SELECT {grouping.table}.gid, r.row_id FROM r {grouping.join()} WHERE r.measured AND r.ok")
     gid = np.asarray(got["gid"], dtype=np.int64)
     row_id = np.asarray(got["row_id"], dtype=np.int64)
@@ -110,7 +148,7 @@ def diagnostics(ds: Dataset, summarizer: Summarizer, health: list[dict[str, Any]
         chosen.append(ids if len(ids) <= SAMPLE else rng.choice(ids, SAMPLE, replace=False))
     picks = pd.DataFrame(
         {
-            "row_id": np.concatenate(chosen).astype(np.int64),
+            "row_id": np.concatenate(chosen or [np.zeros(0, np.int64)]).astype(np.int64),
             "g": np.repeat(np.arange(n_groups, dtype=np.int64), [len(c) for c in chosen]),
         }
     )
@@ -123,10 +161,29 @@ def diagnostics(ds: Dataset, summarizer: Summarizer, health: list[dict[str, Any]
         )
     finally:
         e.con.unregister("picks_frame")
-    stats = _stream_stats_by_group(e, cols, n_groups)
+    pick_group = np.full(e.max_rowid() + 1, -1, np.int64)
+    pick_group[np.asarray(cols["row_id"], dtype=np.int64)] = np.asarray(cols["g"], dtype=np.int64)
+    return Sample(
+        grouping.keys,
+        cols,
+        pick_group,
+        np.zeros(n_groups, np.int64),
+        np.zeros(n_groups, np.int64),
+        [[] for _ in range(n_groups)],
+    )
+
+
+def diagnostics(
+    ds: Dataset, summarizer: Summarizer, health: list[dict[str, Any]], fed: Sample | None = None
+) -> list[dict[str, Any]]:
+    """Stream statistics and named findings per group of successful measured records (`fed`: a
+    `sample` already fed the event offsets)."""
+    if fed is None:
+        fed = sample(ds, summarizer)
+        ds.engine.stream([fed])
     worst = {(h["run_id"], h["stage"]): h for h in health}
     out = []
-    for named, st in zip(grouping.keys, stats, strict=True):
+    for named, st in zip(fed.keys, _stream_stats_by_group(fed), strict=True):
         h = worst.get((named.get("run_id"), named.get("stage")))
         findings = diagnose(
             st,
@@ -138,9 +195,10 @@ def diagnostics(ds: Dataset, summarizer: Summarizer, health: list[dict[str, Any]
     return out
 
 
-def _stream_stats_by_group(e: Engine, cols: dict[str, Any], n_groups: int) -> list[StreamStats]:
+def _stream_stats_by_group(fed: Sample) -> list[StreamStats]:
     """`diagnostics.stream_stats` of each group's sampled records, vectorised: the same figures
-    (medians as `statistics.median`, p99 as numpy's), the token offsets streamed from the engine."""
+    (medians as `statistics.median`, p99 as numpy's)."""
+    cols = fed.cols
 
     def arr(name: str) -> Any:
         return np.ma.filled(np.ma.asarray(cols[name], dtype=np.float64), np.nan)
@@ -149,47 +207,21 @@ def _stream_stats_by_group(e: Engine, cols: dict[str, Any], n_groups: int) -> li
     ttft, ttfb, tpot = arr("ttft_ms"), arr("ttfb_ms"), arr("tpot_ms")
     events, reads = arr("events"), arr("reads")
     reused = np.asarray(np.ma.filled(np.ma.asarray(cols["reused"]), False), dtype=bool)
-    pick_group = np.full(e.max_rowid() + 1, -1, np.int64)
-    pick_group[np.asarray(cols["row_id"], dtype=np.int64)] = g
-    bursty = np.zeros(n_groups, np.int64)
-    total = np.zeros(n_groups, np.int64)
-    raw: list[list[npt.NDArray[np.int64]]] = [[] for _ in range(n_groups)]
-    for rowid, offsets, values in e.offsets():
-        groups = pick_group[rowid]
-        if not (groups >= 0).any():
-            continue
-        lengths = np.diff(offsets)
-        v = np.asarray(values[offsets[0] : offsets[-1]], dtype=np.int64)
-        owner = np.repeat(np.arange(lengths.size), lengths)
-        token_group = groups[owner]
-        np.add.at(total, token_group[token_group >= 0], 1)
-        if v.size < 2:
-            continue
-        same = owner[1:] == owner[:-1]
-        equal = same & (v[1:] == v[:-1])
-        burst = np.zeros(v.size, bool)
-        burst[:-1] |= equal
-        burst[1:] |= equal
-        counted = burst & (token_group >= 0)
-        np.add.at(bursty, token_group[counted], 1)
-        gap_group = token_group[1:][same]
-        gaps = np.diff(v)[same]
-        for k in np.unique(gap_group[gap_group >= 0]):
-            raw[int(k)].append(gaps[gap_group == k])
     out = []
-    for k in range(n_groups):
+    for k in range(len(fed.keys)):
         mine = g == k
         with np.errstate(divide="ignore", invalid="ignore"):
             per_read = (events / reads)[mine & (reads != 0)]
         has_ttfb = mine & ~np.isnan(ttfb)
         fresh = (ttft - ttfb)[has_ttfb & ~reused]
         again = (ttft - ttfb)[has_ttfb & reused]
-        gaps = np.concatenate(raw[k]) if raw[k] else np.zeros(0, np.int64)
+        gaps = np.concatenate(fed.raw[k]) if fed.raw[k] else np.zeros(0, np.int64)
+        total, bursty = int(fed.total[k]), int(fed.bursty[k])
         out.append(
             StreamStats(
                 requests=int(mine.sum()),
                 tokens_per_read_p50=_median(per_read),
-                burst_share=round(int(bursty[k]) / int(total[k]), 4) if total[k] else None,
+                burst_share=round(bursty / total, 4) if total else None,
                 ttfb_to_ttft_ms_p50=_median(np.concatenate([fresh, again])),
                 raw_gap_ms_p50=_median(gaps, scale=1000),
                 tpot_ms_p50=_median(tpot[mine & ~np.isnan(tpot)]),
