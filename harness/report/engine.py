@@ -20,6 +20,7 @@ file the strict read refuses, or whose required columns come out NULL, is examin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import types
@@ -34,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from harness.errors import InputError
+from harness.errors import HarnessError, InputError
 from harness.records import REQUIRED_KEYS, Record
 
 __all__ = [
@@ -128,6 +129,7 @@ class Engine:
         self.table = table
         self._tmp = tempfile.TemporaryDirectory(prefix="harness-engine-")
         limit = memory_limit or os.environ.get("HARNESS_REPORT_MEMORY") or DEFAULT_MEMORY_LIMIT
+        self.limit = limit
         try:
             self.con = duckdb.connect(
                 config={
@@ -233,14 +235,17 @@ class Engine:
 
     def run(self, query: str, params: Sequence[Any] | None = None) -> None:
         """A statement run to its end (DuckDB wants every result consumed before the next one)."""
-        self.con.execute(query, params).fetchall()
+        with _memory_guard(self.limit):
+            self.con.execute(query, params).fetchall()
 
     def one(self, query: str, params: Sequence[Any] | None = None) -> tuple[Any, ...]:
-        (row,) = self.con.execute(query, params).fetchall()
+        with _memory_guard(self.limit):
+            (row,) = self.con.execute(query, params).fetchall()
         return tuple(row)
 
     def rows(self, query: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in self.con.execute(query, params).fetchall()]
+        with _memory_guard(self.limit):
+            return [tuple(r) for r in self.con.execute(query, params).fetchall()]
 
     def offsets(self, batch_rows: int = 32_768) -> Iterator[tuple[IntArray, IntArray, IntArray]]:
         """Every record's `event_offsets_us`, streamed in table order a batch at a time (memory
@@ -275,7 +280,21 @@ class Engine:
 
     def numpy(self, query: str, params: Sequence[Any] | None = None) -> dict[str, Any]:
         """Columns of the result as numpy arrays (masked arrays where a column holds NULLs)."""
-        return dict(self.con.execute(query, params).fetchnumpy())
+        with _memory_guard(self.limit):
+            return dict(self.con.execute(query, params).fetchnumpy())
+
+
+@contextlib.contextmanager
+def _memory_guard(limit: str) -> Iterator[None]:
+    """DuckDB out of memory -> one line saying which setting to raise (no traceback)."""
+    try:
+        yield
+    except duckdb.OutOfMemoryException as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        raise HarnessError(
+            f"the report engine needs more memory than HARNESS_REPORT_MEMORY={limit} allows ({first}); "
+            "raise it (e.g. HARNESS_REPORT_MEMORY=2GB)"
+        ) from exc
 
 
 def _non_blank_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
