@@ -493,7 +493,9 @@ def test_stream_diagnostics_equal_the_per_record_function(tmp_path: Path) -> Non
     rng = np.random.default_rng(3)
     recs = []
     for i in range(400):
-        offsets = np.sort(rng.integers(1_000, 90_000, int(rng.integers(0, 9)))).tolist()
+        # Every third request's events come in bursts (several in one read: equal offsets).
+        high = 1_020 if i % 3 == 0 else 90_000
+        offsets = np.sort(rng.integers(1_000, high, int(rng.integers(0, 9)))).tolist()
         rec = record(t_s=0.01 * i, connection="new" if i % 5 == 0 else "reuse", seq=i % 3)
         rec |= {
             "event_offsets_us": offsets,  # sorted draws repeat now and then: bursts
@@ -510,6 +512,7 @@ def test_stream_diagnostics_equal_the_per_record_function(tmp_path: Path) -> Non
     for d in diags:
         mine = [r for r in recs if r["connection"] == d["key"]["connection"]]
         assert d["stats"] == asdict(stream_stats(mine))
+        assert 0 < d["stats"]["burst_share"] < 1
 
 
 def test_records_lacking_newer_optional_keys_are_read(tmp_path: Path) -> None:
@@ -522,6 +525,7 @@ def test_records_lacking_newer_optional_keys_are_read(tmp_path: Path) -> None:
     assert g["requests"] == 10 and g["ttft_ms_p50"] == 100.0
     assert g["events_per_read_count"] == 0  # no content_reads: no ratio, no made-up value
     assert g["itl_ms_count"] == 40
+    assert g["token_mismatch"] == 0  # the events counted stand in for the missing content_events
     by_conn = build_report(write_run(tmp_path / "c", recs), by=["connection"], trim_s=0)
     assert [x["key"] for x in by_conn.summary["groups"]] == [{"connection": None}]
 
