@@ -53,7 +53,7 @@ __all__ = [
 IntArray = npt.NDArray[np.int64]
 
 #: DuckDB's buffer pool cap (`HARNESS_REPORT_MEMORY` overrides): beyond it, work spills to disk.
-DEFAULT_MEMORY_LIMIT = "400MB"
+DEFAULT_MEMORY_LIMIT = "192MB"
 #: Storage narrower than the annotation says: offsets are µs after sending, and int32 holds 35
 #: minutes, far beyond any stream (a value beyond it is nanoseconds by mistake: not a record).
 NARROW = {"event_offsets_us": "INTEGER[]"}
@@ -247,24 +247,26 @@ class Engine:
         with _memory_guard(self.limit):
             return [tuple(r) for r in self.con.execute(query, params).fetchall()]
 
-    def offsets(self, batch_rows: int = 32_768) -> Iterator[tuple[IntArray, IntArray, IntArray]]:
-        """Every record's `event_offsets_us`, streamed in table order a batch at a time (memory
-        stays flat whatever the number of events): (rowids, list offsets: record i owns
-        `values[offsets[i]:offsets[i + 1]]`, values)."""
-        cursor = self.con.cursor()  # its own connection: other queries may run between batches
-        try:
-            reader = cursor.sql(f"SELECT rowid, event_offsets_us FROM {self.table}").to_arrow_reader(
-                batch_rows
+    def offsets(self, batch_rows: int = 8_192) -> Iterator[tuple[IntArray, IntArray, IntArray]]:
+        """Every record's `event_offsets_us`, a batch of rows at a time (any order within): (rowids, list
+        offsets: record i owns `values[offsets[i]:offsets[i + 1]]`, values). Each batch is its own
+        query over a range of rowids (storage is in rowid order, so it reads only that range):
+        memory stays flat whatever the number of events."""
+        top = self.max_rowid()
+        for start in range(0, top + 1, batch_rows):
+            with _memory_guard(self.limit):
+                table = self.con.sql(
+                    f"SELECT rowid, event_offsets_us FROM {self.table} WHERE rowid >= {start} "
+                    f"AND rowid < {start + batch_rows}"
+                ).to_arrow_table()
+            if table.num_rows == 0:
+                continue
+            lists = table.column(1).combine_chunks()
+            yield (
+                table.column(0).to_numpy().astype(np.int64, copy=False),
+                lists.offsets.to_numpy().astype(np.int64),
+                lists.values.to_numpy(),  # int32: consumers widen only what they keep
             )
-            for batch in reader:
-                lists = batch.column(1)
-                yield (
-                    batch.column(0).to_numpy().astype(np.int64, copy=False),
-                    lists.offsets.to_numpy().astype(np.int64),
-                    lists.values.to_numpy(),
-                )
-        finally:
-            cursor.close()
 
     def stream(self, consumers: Sequence[OffsetsConsumer]) -> None:
         """One streamed pass over every record's event offsets, each batch fed to every consumer."""

@@ -188,7 +188,7 @@ class TokenBins:
     keys: list[dict[str, str | None]]
     bin_ns: int
     n_bins: int
-    series: npt.NDArray[np.int64]
+    series: npt.NDArray[np.int16]
     """Per rowid, its series (-1: none)."""
     base_us: npt.NDArray[np.int64]
     weight: FloatArray
@@ -205,7 +205,7 @@ class TokenBins:
         bins = np.minimum(
             (np.repeat(self.base_us[rowids], lengths) + v) // (self.bin_ns // 1000), self.n_bins - 1
         )
-        owner_series = np.repeat(s, lengths)
+        owner_series = np.repeat(s.astype(np.int64), lengths)
         spare = self.acc.size - 1
         cell = np.where(owner_series >= 0, owner_series * self.n_bins + bins, spare)
         self.acc += np.bincount(
@@ -239,7 +239,7 @@ def token_bins(ds: Dataset, summarizer: Summarizer, n_series: int = MAX_LINES) -
     end_cell = gid[none] * n_bins + np.asarray(got["end_bin"], dtype=np.int64)[none]
     acc += np.bincount(end_cell, weights=tokens[none], minlength=acc.size)
     size = e.max_rowid() + 1
-    series = np.full(size, -1, np.int64)
+    series = np.full(size, -1, np.int16)  # at most MAX_LINES series
     base_us = np.zeros(size, np.int64)
     weight = np.zeros(size)
     row_id = np.asarray(got["row_id"], dtype=np.int64)
@@ -247,6 +247,7 @@ def token_bins(ds: Dataset, summarizer: Summarizer, n_series: int = MAX_LINES) -
     base_us[row_id] = np.asarray(got["since_us"], dtype=np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
         weight[row_id] = np.where(n_events > 0, tokens / n_events, 0.0)
+    del got
     return TokenBins(keys, bin_ns, n_bins, series, base_us, weight, acc)
 
 

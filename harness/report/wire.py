@@ -99,11 +99,12 @@ class Sample:
     cols: dict[str, Any]
     """Per sampled record (ttft known): g (its group), row_id, ttft_ms, ttfb_ms, tpot_ms, events,
     reads, reused."""
-    pick_group: npt.NDArray[np.int64]
+    pick_group: npt.NDArray[np.int32]
     """Per rowid, its group when sampled, else -1."""
     bursty: npt.NDArray[np.int64]
     total: npt.NDArray[np.int64]
-    raw: list[list[npt.NDArray[np.int64]]] = field(default_factory=list)
+    raw: list[_Counts] = field(default_factory=list)
+    """Per group, the raw gaps between consecutive events (µs), counted by value."""
 
     def feed(
         self, rowids: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], values: npt.NDArray[Any]
@@ -114,7 +115,7 @@ class Sample:
         lengths = np.diff(offsets)
         v = np.asarray(values[offsets[0] : offsets[-1]], dtype=np.int64)
         owner = np.repeat(np.arange(lengths.size), lengths)
-        token_group = groups[owner]
+        token_group = groups[owner].astype(np.int64)
         self.total += np.bincount(token_group[token_group >= 0], minlength=self.total.size)
         if v.size < 2:
             return
@@ -127,7 +128,7 @@ class Sample:
         gap_group = token_group[1:][same]
         gaps = np.diff(v)[same]
         for k in np.unique(gap_group[gap_group >= 0]):
-            self.raw[int(k)].append(gaps[gap_group == k])
+            self.raw[int(k)].add(gaps[gap_group == k])
 
 
 def sample(ds: Dataset, summarizer: Summarizer) -> Sample:
@@ -161,15 +162,16 @@ def sample(ds: Dataset, summarizer: Summarizer) -> Sample:
         )
     finally:
         e.con.unregister("picks_frame")
-    pick_group = np.full(e.max_rowid() + 1, -1, np.int64)
-    pick_group[np.asarray(cols["row_id"], dtype=np.int64)] = np.asarray(cols["g"], dtype=np.int64)
+    del got, gid, row_id, picks
+    pick_group = np.full(e.max_rowid() + 1, -1, np.int32)
+    pick_group[np.asarray(cols["row_id"], dtype=np.int64)] = np.asarray(cols["g"], dtype=np.int32)
     return Sample(
         grouping.keys,
         cols,
         pick_group,
         np.zeros(n_groups, np.int64),
         np.zeros(n_groups, np.int64),
-        [[] for _ in range(n_groups)],
+        [_Counts() for _ in range(n_groups)],
     )
 
 
@@ -215,7 +217,6 @@ def _stream_stats_by_group(fed: Sample) -> list[StreamStats]:
         has_ttfb = mine & ~np.isnan(ttfb)
         fresh = (ttft - ttfb)[has_ttfb & ~reused]
         again = (ttft - ttfb)[has_ttfb & reused]
-        gaps = np.concatenate(fed.raw[k]) if fed.raw[k] else np.zeros(0, np.int64)
         total, bursty = int(fed.total[k]), int(fed.bursty[k])
         out.append(
             StreamStats(
@@ -223,7 +224,7 @@ def _stream_stats_by_group(fed: Sample) -> list[StreamStats]:
                 tokens_per_read_p50=_median(per_read),
                 burst_share=round(bursty / total, 4) if total else None,
                 ttfb_to_ttft_ms_p50=_median(np.concatenate([fresh, again])),
-                raw_gap_ms_p50=_median(gaps, scale=1000),
+                raw_gap_ms_p50=fed.raw[k].median_ms(),
                 tpot_ms_p50=_median(tpot[mine & ~np.isnan(tpot)]),
                 fresh_ttfb_to_ttft_ms_p50=_median(fresh),
                 reused_ttfb_to_ttft_ms_p50=_median(again),
@@ -235,17 +236,56 @@ def _stream_stats_by_group(fed: Sample) -> list[StreamStats]:
     return out
 
 
-def _median(values: npt.NDArray[Any], scale: int = 0) -> float | None:
-    """`round(statistics.median(values), 3)`, of values / scale when given (exactly as Python
-    divides each value before taking the median)."""
+def _median(values: npt.NDArray[Any]) -> float | None:
+    """`round(statistics.median(values), 3)`."""
     n = values.size
     if n == 0:
         return None
     middle = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
-    part = np.partition(values, middle)[middle]
-    xs = [float(x) / scale if scale else float(x) for x in part.tolist()]
-    m = xs[0] if n % 2 else (xs[0] + xs[1]) / 2
-    return round(m, 3)
+    xs = [float(x) for x in np.partition(values, middle)[middle].tolist()]
+    return round(xs[0] if n % 2 else (xs[0] + xs[1]) / 2, 3)
+
+
+class _Counts:
+    """Integer samples counted by value (dense below `LIMIT`, the rest kept): their order
+    statistics exactly, in memory that does not grow with the number of samples."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(0, np.int64)
+        self.others: list[npt.NDArray[np.int64]] = []
+
+    def add(self, values: npt.NDArray[np.int64]) -> None:
+        dense = (values >= 0) & (values < self.LIMIT)
+        d = values[dense]
+        if d.size:
+            counts = np.bincount(d, minlength=self.counts.size)
+            counts[: self.counts.size] += self.counts
+            self.counts = counts
+        if d.size != values.size:
+            self.others.append(values[~dense])
+
+    def median_ms(self) -> float | None:
+        """`round(statistics.median(v / 1000 for v in samples), 3)`."""
+        others = np.sort(np.concatenate(self.others)) if self.others else np.zeros(0, np.int64)
+        below, above = others[others < 0], others[others >= 0]
+        cum = np.cumsum(self.counts)
+        n_dense = int(cum[-1]) if cum.size else 0
+        n = below.size + n_dense + above.size
+        if n == 0:
+            return None
+
+        def at(rank: int) -> int:
+            if rank < below.size:
+                return int(below[rank])
+            if rank < below.size + n_dense:
+                return int(np.searchsorted(cum, rank - below.size, side="right"))
+            return int(above[rank - below.size - n_dense])
+
+        if n % 2:
+            return round(at(n // 2) / 1000, 3)
+        return round((at(n // 2 - 1) / 1000 + at(n // 2) / 1000) / 2, 3)
 
 
 def _p99(values: npt.NDArray[np.float64]) -> float | None:
