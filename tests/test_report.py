@@ -619,3 +619,22 @@ def test_a_small_memory_limit_gives_the_same_summary(tmp_path: Path, monkeypatch
     done = harness("report", str(run), "--out", str(tmp_path / "d"), env={"HARNESS_REPORT_MEMORY": "4MB"})
     assert done.returncode == 3 and "Traceback" not in done.stderr
     assert "raise it (e.g. HARNESS_REPORT_MEMORY=2GB)" in done.stderr
+
+
+def test_a_stage_of_warm_up_only_leaves_the_others_untrimmed(tmp_path: Path) -> None:
+    # `harness bench`: a "warmup" stage with no live record beside the measured one, trim 0.
+    recs = [record(t_s=0.1 * i, stage="warmup", warmup=True) for i in range(4)]
+    # Sends a few ns off a multiple of 256 ns: what a float cannot hold at 1.8e18.
+    recs += [record(t_s=1 + 0.0173 * i + 200e-9, stage="c1") for i in range(8)]
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    assert report.summary["counts"]["trimmed"] == 0
+    assert report.summary["overall"]["requests"] == 8
+
+
+def test_itl_when_a_batch_holds_no_gap(tmp_path: Path) -> None:
+    # Successful one-token answers only (no gap) beside failed ones with events: nothing to pool.
+    recs = [record(t_s=0.1 * i, tokens=1) for i in range(5)]
+    recs += [record(t_s=1 + 0.1 * i, ok=False, error="stall", tokens=6) for i in range(3)]
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    assert report.summary["overall"]["itl_ms_count"] == 0
+    assert report.summary["overall"]["itl_ms_p50"] is None

@@ -347,6 +347,8 @@ class ItlGaps:
         gap_group = groups[owner]
         counted = gap_group >= 0
         gaps, gap_group = gaps[counted], gap_group[counted]
+        if gap_group.size == 0:  # a batch whose counted records have fewer than two events each
+            return
         if len(self.pooled) < 1 << 15:
             gap_group = gap_group.astype(np.int16)  # numpy sorts 16-bit keys by radix: linear time
         order = np.argsort(gap_group, kind="stable")

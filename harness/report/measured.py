@@ -92,12 +92,13 @@ def select(ds: Dataset, trim_s: float | None = None) -> Selection:
         seg_rows.append((run, stage, i, first, last, int(trim * 1e9)))
         if size:
             stages.append(StageTrim(str(run), str(stage), float(span_s), float(trim), int(size), 0))
-    frame = pd.DataFrame(
-        seg_rows, columns=["run_id", "stage", "segment", "first_ns", "last_ns", "trim_ns"]
-    ).astype({"segment": "int64", "first_ns": "Int64", "last_ns": "Int64", "trim_ns": "int64"})
-    e.con.register("seg_frame", frame)
-    e.run("CREATE OR REPLACE TABLE seg AS SELECT * FROM seg_frame")
-    e.con.unregister("seg_frame")
+    # Nanosecond stamps never pass through pandas: a stage without live records (NULL) would turn
+    # the column into floats, which hold 1.8e18 only to the nearest 256 ns.
+    e.run(
+        "CREATE OR REPLACE TABLE seg (run_id VARCHAR, stage VARCHAR, segment BIGINT, first_ns BIGINT, "
+        "last_ns BIGINT, trim_ns BIGINT)"
+    )
+    e.con.executemany("INSERT INTO seg VALUES (?, ?, ?, ?, ?, ?)", seg_rows)
     # Users active in each stage: Σ over workers of the worker's median `users` (live records).
     e.run(
         """CREATE OR REPLACE TABLE seg_users AS
