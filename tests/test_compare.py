@@ -148,3 +148,45 @@ def test_cli_compare_exit_codes_and_files(tmp_path: Path) -> None:
     assert len(bad.stderr.strip().splitlines()) == 1
     wrong = harness("compare", str(base), str(tmp_path / "missing"))
     assert wrong.returncode == 2 and "no such folder" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    grid = np.union1d(a, b)
+    fa = np.searchsorted(np.sort(a), grid, side="right") / a.size
+    fb = np.searchsorted(np.sort(b), grid, side="right") / b.size
+    return float(np.abs(fa - fb).max())
+
+
+@pytest.mark.parametrize(
+    ("metric", "kind"),
+    [
+        ("ttft_ms_p50", "latency"),
+        ("ttft_ms_p95", "latency"),
+        ("e2e_ms_p99", "latency"),
+        ("error_rate", "flags"),
+        ("output_tokens_per_s", "tokens"),
+    ],
+)
+def test_fast_resampling_has_the_distribution_of_resampling_every_index(metric: str, kind: str) -> None:
+    # The metric of a resample drawn directly (order statistics, multinomial counts) against the
+    # metric recomputed over n indices drawn with replacement: the same distribution. 20,000 draws
+    # each: a KS distance above 0.02 would happen by chance with probability < 0.001 (seeded: fixed).
+    from harness.report import compare as cmp
+
+    rng = np.random.default_rng(11)
+    samples = {
+        "latency": np.round(rng.lognormal(4.0, 0.6, 257), 3),
+        "flags": (rng.random(400) < 0.07).astype(np.float64),
+        "tokens": rng.integers(0, 40, 300).astype(np.float64),
+    }[kind]
+    spec = cmp._parse_metric(metric)
+    draws = 20_000
+    fast = cmp._resampled(samples, spec, 12.5, draws, np.random.default_rng(1))
+    slow = cmp._bootstrap(samples, spec.statistic(12.5), draws, np.random.default_rng(2))
+    assert _ks(fast, slow) < 0.02
+    assert fast.mean() == pytest.approx(slow.mean(), rel=0.01)
+    assert fast.std() == pytest.approx(slow.std(), rel=0.05)
+    # Seeded: the same seed draws the same resamples.
+    again = cmp._resampled(samples, spec, 12.5, draws, np.random.default_rng(1))
+    assert np.array_equal(fast, again)

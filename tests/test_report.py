@@ -17,9 +17,8 @@ from recordgen import T0_NS, record, write_run
 
 from harness.errors import InputError
 from harness.records import ERROR_CATEGORIES
-from harness.report import Report, build, jsonl, load, measured, plots
+from harness.report import Report, build, load, measured, plots
 from harness.report.aggregate import Summarizer
-from harness.report.load import CACHE_NAME
 
 
 def build_report(run_dirs: Path | list[Path], out: Path | None = None, **kwargs: Any) -> Report:
@@ -282,65 +281,6 @@ def test_offsets_in_nanoseconds_by_mistake_are_refused(tmp_path: Path) -> None:
         build([write_run(tmp_path / "r", [rec])], tmp_path / "r")
 
 
-def test_fast_and_exact_parsing_agree(tmp_path: Path) -> None:
-    # Escaped strings, unicode, nulls, empty offsets, missing optional keys, pretty whitespace.
-    recs = [record(t_s=i, model='q"uote\\d', stage="étape", tokens=i % 3) for i in range(20)]
-    recs[3].pop("connection")
-    recs[4].pop("content_events")
-    lines = [orjson.dumps(r) for r in recs] + [
-        orjson.dumps(recs[5], option=orjson.OPT_INDENT_2).replace(b"\n", b" ")
-    ]
-    path = tmp_path / "records.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n\n")
-    table, broken = jsonl.read_jsonl(path)
-    assert broken == 0
-    assert table.num_rows == 21
-    rows = table.to_pylist()
-    assert rows[0]["model"] == 'q"uote\\d' and rows[0]["stage"] == "étape"
-    assert rows[3]["connection"] is None and rows[4]["content_events"] is None
-    assert [r["event_offsets_us"] for r in rows[:20]] == [r["event_offsets_us"] for r in recs]
-    # Clean records go through the fast path; it must read them exactly as the exact path does.
-    clean = tmp_path / "clean.jsonl"
-    clean.write_bytes(
-        b"".join(orjson.dumps(record(t_s=i, tokens=i % 4, error=None)) + b"\n" for i in range(50))
-    )
-    fast = jsonl._fast_batch(clean.read_bytes())
-    exact, broken = jsonl._exact_batch(clean.read_bytes())
-    assert broken == 0 and fast.equals(exact)
-
-
-def test_parallel_parsing_matches_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    recs = [record(t_s=0.01 * i, tokens=i % 7, prompt_id=f"p{i}") for i in range(3000)]
-    run = write_run(tmp_path / "r", recs, tail=b'{"run_id": "cut')
-    path = run / "records.jsonl"
-    one, broken_one = jsonl.read_jsonl(path, processes=1)
-    monkeypatch.setattr(jsonl, "_PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(jsonl, "_CHUNK_BYTES", 64 << 10)
-    many, broken_many = jsonl.read_jsonl(path, processes=3)
-    assert broken_one == broken_many == 1
-    assert many.equals(one)
-    assert one.num_rows == 3000
-
-
-def test_parquet_cache_is_used_and_invalidated(tmp_path: Path) -> None:
-    recs = [record(t_s=0.1 * i) for i in range(20)]
-    run = write_run(tmp_path / "r", recs)
-    first = build_report(run, trim_s=0)
-    assert (run / CACHE_NAME).is_file()
-    assert first.summary["runs"][0]["from_cache"] is False
-    second = build_report(run, trim_s=0)
-    assert second.summary["runs"][0]["from_cache"] is True
-    assert second.summary["overall"] == first.summary["overall"]
-    with open(run / "records.jsonl", "ab") as fh:  # a record appended: size changes, cache is stale
-        fh.write(orjson.dumps(record(t_s=3)) + b"\n")
-    third = build_report(run, trim_s=0)
-    assert third.summary["runs"][0]["from_cache"] is False
-    assert third.summary["overall"]["requests"] == 21
-
-
-# --- outputs --------------------------------------------------------------------------------------------
-
-
 def test_outputs_and_summary_shape(tmp_path: Path) -> None:
     recs = [record(t_s=0.1 * i, model=f"m{i % 2}", ttft_ms=100.0 + i) for i in range(20)]
     out = tmp_path / "out"
@@ -453,7 +393,6 @@ def test_itl_per_group_matches_gaps_computed_by_hand(tmp_path: Path, monkeypatch
             error=None if i % 11 else "stall",
         )
         recs.append(rec | {"event_offsets_us": offsets, "content_events": len(offsets)})
-    monkeypatch.setattr(jsonl, "_CHUNK_BYTES", 16 << 10)
     report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
     for g in [*report.summary["groups"], report.summary["overall"]]:
         key = g["key"]
@@ -479,17 +418,20 @@ def test_tokens_over_time_add_up_to_the_output_tokens(tmp_path: Path) -> None:
     run = write_run(tmp_path / "r", recs)
     ds = load.load_runs([run])
     measured.select(ds, 0)
-    s = Summarizer(ds)
-    series = np.zeros(len(recs), np.int64)
-    bins = plots._token_bins(ds, s.cols, series, 1, np.full(len(recs), T0_NS), 1_000_000_000, 8)
+    bins = plots.token_bins(ds, Summarizer(ds))
+    assert bins is not None
+    assert (bins.bin_ns, bins.n_bins) == (1_000_000_000, 7)  # 0 s to 6.5 s: 7 bins of 1 s
+    ds.engine.stream([bins])
+    ds.close()
+    counts = bins.counts()
     # Record i sends 5 events in [i + 0.5, i + 0.9] and 6 in [i + 1.0, i + 1.5]; record 3 weighs 2 each.
-    expected = np.zeros(8)
+    expected = np.zeros(7)
     for i in range(6):
         weight = 2 if i == 3 else 1
         expected[i] += 5 * weight
         expected[i + 1] += 6 * weight
-    assert bins[0].tolist() == expected.tolist()
-    assert bins.sum() == 6 * 11 + 11
+    assert counts[0].tolist() == expected.tolist()
+    assert counts.sum() == 6 * 11 + 11
 
 
 def test_an_empty_records_file_gives_an_empty_report(tmp_path: Path) -> None:
@@ -499,3 +441,200 @@ def test_an_empty_records_file_gives_an_empty_report(tmp_path: Path) -> None:
     report = build_report(run)
     assert report.summary["counts"]["records"] == 0
     assert report.warnings == ["no records: records.jsonl is empty"]
+
+
+# --- the engine ------------------------------------------------------------------------------------
+
+
+def test_percentiles_equal_numpy_over_the_raw_records(tmp_path: Path) -> None:
+    # Values with fractions of a µs, odd and even group sizes: numpy's interpolation bit for bit
+    # (DuckDB's own quantile_cont differs from it in the last bit when the fraction is ≥ 0.5).
+    rng = np.random.default_rng(7)
+    recs = []
+    for i in range(2001):
+        ttft = float(np.round(rng.lognormal(4.5, 0.7), 3))
+        recs.append(
+            record(
+                t_s=0.001 * i,
+                ttft_ms=ttft,
+                tpot_ms=float(np.round(rng.uniform(5, 30), 4)),
+                tokens=int(rng.integers(2, 6)),
+                stage=f"s{i % 3}",
+                dispatch_delay_ms=float(np.round(rng.exponential(2.0), 3)),
+                ok=i % 17 != 0,
+                error=None if i % 17 else "timeout",
+            )
+        )
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    for g in [*report.summary["groups"], report.summary["overall"]]:
+        mine = [r for r in recs if g["key"] == "all" or r["stage"] == g["key"]["stage"]]
+        ok = [r for r in mine if r["ok"]]
+        for name, values in (
+            ("ttft_ms", [r["ttft_ms"] for r in ok]),
+            ("e2e_ms", [r["e2e_ms"] for r in ok]),
+            ("tpot_ms", [r["tpot_ms"] for r in ok]),
+            ("dispatch_delay_ms", [r["dispatch_delay_ms"] for r in mine]),
+            ("sched_e2e_ms", [r["dispatch_delay_ms"] + r["e2e_ms"] for r in ok]),
+        ):
+            v = np.array(values)
+            for q in (50, 90, 95, 99):
+                assert g[f"{name}_p{q}"] == float(np.percentile(v, q)), (name, q, g["key"])
+            assert g[f"{name}_mean"] == float(v.mean())
+            assert g[f"{name}_count"] == v.size
+            assert g[f"{name}_max"] == float(v.max())
+
+
+def test_stream_diagnostics_equal_the_per_record_function(tmp_path: Path) -> None:
+    # The report computes stream statistics vectorised; `diagnostics.stream_stats` is the definition.
+    from dataclasses import asdict
+
+    from harness.diagnostics import stream_stats
+
+    rng = np.random.default_rng(3)
+    recs = []
+    for i in range(400):
+        # Every third request's events come in bursts (several in one read: equal offsets).
+        high = 1_020 if i % 3 == 0 else 90_000
+        offsets = np.sort(rng.integers(1_000, high, int(rng.integers(0, 9)))).tolist()
+        rec = record(t_s=0.01 * i, connection="new" if i % 5 == 0 else "reuse", seq=i % 3)
+        rec |= {
+            "event_offsets_us": offsets,  # sorted draws repeat now and then: bursts
+            "content_events": len(offsets),
+            "content_reads": int(rng.integers(0, 4)),
+            "ttfb_ms": None if i % 7 == 0 else rec["ttft_ms"] - float(rng.integers(0, 50)),
+            "tpot_ms": None if i % 9 == 0 else float(np.round(rng.uniform(1, 20), 3)),
+            "ttft_ms": float(np.round(rng.uniform(50, 500), 3)),
+        }
+        recs.append(rec)
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    diags = report.summary["diagnostics"]
+    assert [d["key"]["connection"] for d in diags] == ["new", "reuse"]
+    for d in diags:
+        mine = [r for r in recs if r["connection"] == d["key"]["connection"]]
+        assert d["stats"] == asdict(stream_stats(mine))
+        assert 0 < d["stats"]["burst_share"] < 1
+
+
+def test_records_lacking_newer_optional_keys_are_read(tmp_path: Path) -> None:
+    # An older run: none of the keys beyond the contract's required ones.
+    from harness.records import REQUIRED_KEYS
+
+    recs = [{k: v for k, v in record(t_s=0.1 * i, tokens=5).items() if k in REQUIRED_KEYS} for i in range(10)]
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    g = report.summary["overall"]
+    assert g["requests"] == 10 and g["ttft_ms_p50"] == 100.0
+    assert g["events_per_read_count"] == 0  # no content_reads: no ratio, no made-up value
+    assert g["itl_ms_count"] == 40
+    assert g["token_mismatch"] == 0  # the events counted stand in for the missing content_events
+    by_conn = build_report(write_run(tmp_path / "c", recs), by=["connection"], trim_s=0)
+    assert [x["key"] for x in by_conn.summary["groups"]] == [{"connection": None}]
+
+
+def test_report_over_a_fleets_spools_and_another_run(tmp_path: Path) -> None:
+    # A fleet run folder without records.jsonl: 100 worker spools, one cut by a crash.
+    fleet = tmp_path / "fleet"
+    (fleet / "spool").mkdir(parents=True)
+    expected = 0
+    for w in range(100):
+        recs = [record(t_s=0.5 * i + 0.001 * w, worker=f"box{w // 10}:{w}", seq=i) for i in range(w % 7 + 1)]
+        expected += len(recs)
+        lines = b"".join(orjson.dumps(r) + b"\n" for r in recs)
+        (fleet / "spool" / f"w{w:03d}.records.jsonl").write_bytes(
+            lines + (b'{"run_id": "ru' if w == 42 else b"")
+        )
+    (fleet / "manifest.json").write_bytes(orjson.dumps({"run_id": "fleet"}))
+    other = write_run(
+        tmp_path / "other", [record(t_s=0.1 * i, run_id="other") for i in range(9)], run_id="other"
+    )
+    report = build_report([fleet, other], tmp_path / "out", trim_s=0, by=["run"])
+    assert report.summary["counts"]["records"] == expected + 9
+    assert [g["requests"] for g in report.summary["groups"]] == [expected, 9]
+    assert report.summary["counts"]["broken_lines"] == 1
+    assert [w for w in report.warnings if "broken" in w] == [
+        f"{fleet / 'spool' / 'w042.records.jsonl'}: skipped 1 broken line(s) (not JSON: cut mid-write?)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"sent_unix_ns": "soon"}', "missing required key"),
+        (b"[1, 2, 3]", "expected a JSON object, got list"),
+        (b"42", "expected a JSON object, got int"),
+    ],
+)
+def test_json_lines_that_are_not_records(tmp_path: Path, line: bytes, message: str) -> None:
+    recs = [record(t_s=0.1 * i) for i in range(4)]
+    run = write_run(tmp_path / "r", recs, tail=b"\n" + line + b"\n")  # a blank line before it counts too
+    with pytest.raises(InputError, match=rf"records\.jsonl:6: not a record: {message}"):
+        build([run], run)
+
+
+def test_a_wrong_type_in_a_required_field_is_not_a_record(tmp_path: Path) -> None:
+    recs = [record(t_s=0.1 * i) for i in range(4)]
+    recs[2] = recs[2] | {"sent_unix_ns": "soon"}
+    with pytest.raises(
+        InputError, match=r"records\.jsonl:3: not a record: sent_unix_ns: expected bigint, got str"
+    ):
+        build([write_run(tmp_path / "r", recs)], tmp_path / "r")
+
+
+def test_column_types_come_from_the_record_dataclass() -> None:
+    from dataclasses import fields as dc_fields
+
+    from harness.records import Record
+    from harness.report.engine import COLUMN_TYPES, NOT_NULL, duckdb_type
+
+    assert list(COLUMN_TYPES) == [f.name for f in dc_fields(Record)]
+    assert COLUMN_TYPES["ttft_ms"] == ("DOUBLE", True)
+    assert COLUMN_TYPES["sent_unix_ns"] == ("BIGINT", False)
+    assert COLUMN_TYPES["event_offsets_us"] == ("INTEGER[]", False)  # µs: int32 holds 35 minutes
+    assert COLUMN_TYPES["extra"] == ("JSON", False)
+    assert "sent_unix_ns" in NOT_NULL and "ttft_ms" not in NOT_NULL
+    assert duckdb_type(int | None) == ("BIGINT", True)
+    assert duckdb_type(list[str]) == ("VARCHAR[]", False)
+    with pytest.raises(TypeError):
+        duckdb_type(complex)
+
+
+def test_a_small_memory_limit_gives_the_same_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    recs = [
+        record(
+            t_s=0.002 * i, ttft_ms=float(np.round(rng.uniform(50, 150), 3)), tokens=40, prompt_id=f"p{i % 50}"
+        )
+        for i in range(6000)
+    ]
+    run = write_run(tmp_path / "r", recs)
+    normal = build_report(run, tmp_path / "a", by=["prompt_id"])
+    monkeypatch.setenv("HARNESS_REPORT_MEMORY", "64MB")
+    small = build_report(run, tmp_path / "b", by=["prompt_id"])
+    for s in (normal.summary, small.summary):
+        s.pop("generated_utc")
+    assert small.summary == normal.summary
+    monkeypatch.setenv("HARNESS_REPORT_MEMORY", "lots")
+    with pytest.raises(InputError, match="HARNESS_REPORT_MEMORY"):
+        build([run], tmp_path / "c")
+    # Below what the JSON reader needs: one line naming the setting, not a DuckDB traceback.
+    done = harness("report", str(run), "--out", str(tmp_path / "d"), env={"HARNESS_REPORT_MEMORY": "4MB"})
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "raise it (e.g. HARNESS_REPORT_MEMORY=2GB)" in done.stderr
+
+
+def test_a_stage_of_warm_up_only_leaves_the_others_untrimmed(tmp_path: Path) -> None:
+    # `harness bench`: a "warmup" stage with no live record beside the measured one, trim 0.
+    recs = [record(t_s=0.1 * i, stage="warmup", warmup=True) for i in range(4)]
+    # Sends a few ns off a multiple of 256 ns: what a float cannot hold at 1.8e18.
+    recs += [record(t_s=1 + 0.0173 * i + 200e-9, stage="c1") for i in range(8)]
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    assert report.summary["counts"]["trimmed"] == 0
+    assert report.summary["overall"]["requests"] == 8
+
+
+def test_itl_when_a_batch_holds_no_gap(tmp_path: Path) -> None:
+    # Successful one-token answers only (no gap) beside failed ones with events: nothing to pool.
+    recs = [record(t_s=0.1 * i, tokens=1) for i in range(5)]
+    recs += [record(t_s=1 + 0.1 * i, ok=False, error="stall", tokens=6) for i in range(3)]
+    report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
+    assert report.summary["overall"]["itl_ms_count"] == 0
+    assert report.summary["overall"]["itl_ms_p50"] is None

@@ -38,6 +38,9 @@ class ReportContext:
     summarizer: Summarizer
     stage_rows: list[Row]
     """Rows per (run, host, model, stage), for latency-against-throughput curves."""
+    prepared: dict[str, Any] = field(default_factory=dict)
+    """What was computed in the report's one streamed pass over the event offsets for writers
+    (`token_bins`: `plots.TokenBins`); a writer computes what is missing itself."""
 
 
 @dataclass
@@ -122,6 +125,21 @@ def build(
     if trim_s is not None and not trim_s >= 0:
         raise InputError(f"--trim-s: {trim_s} is not a number of seconds ≥ 0")
     ds = load_runs([Path(d) for d in run_dirs])
+    try:
+        return _build(ds, out_dir, names, keys, trim_s, WRITERS, thresholds)
+    finally:
+        ds.close()
+
+
+def _build(
+    ds: Dataset,
+    out_dir: Path,
+    names: Sequence[str],
+    keys: tuple[str, ...],
+    trim_s: float | None,
+    writers: dict[str, Any],
+    thresholds: Sequence[Threshold] = (),
+) -> Report:
     if trim_s is None:
         # A run may say how it wants trimming (`harness bench` measures every request: trim 0).
         asked = {(run.manifest.get("report") or {}).get("trim_s") for run in ds.runs}
@@ -129,27 +147,42 @@ def build(
             trim_s = float(only)
     selection = select(ds, trim_s)
     summarizer = Summarizer(ds)
-    groups, overall = summarizer.groups_and_overall(keys)
-    by_host_model = groups if keys == HOST_MODEL else summarizer.groups(HOST_MODEL, itl=False)
-    stage_rows = groups if keys == DEFAULT_BY else summarizer.groups(DEFAULT_BY, itl=False)
-    summary = _summary(ds, selection, keys, groups, overall, by_host_model)
+    groupings = [summarizer.grouping(keys)]
+    for extra in (HOST_MODEL, DEFAULT_BY):
+        if extra != keys:
+            groupings.append(summarizer.grouping(extra))
+    # One streamed pass over the event offsets feeds everything computed from them.
+    itl = summarizer.itl_gaps(groupings[0])
+    diag_sample = wire.sample(ds, summarizer)
+    consumers: list[Any] = [itl, diag_sample]
+    prepared: dict[str, Any] = {}
+    if "html" in names:
+        from harness.report import plots
+
+        prepared["token_bins"] = plots.token_bins(ds, summarizer)
+        consumers += [prepared["token_bins"]] if prepared["token_bins"] is not None else []
+    ds.engine.stream(consumers)
+    *per_grouping, (overall,) = summarizer.rows(groupings, itl={0}, overall=True, pooled_itl={0: itl.pooled})
+    groups = per_grouping[0]
+    by_host_model = groups if keys == HOST_MODEL else per_grouping[1]
+    stage_rows = groups if keys == DEFAULT_BY else per_grouping[-1]
+    summary = _summary(ds, summarizer, selection, keys, groups, overall, by_host_model)
     if thresholds:
         summary["thresholds"] = [r.to_dict() for r in evaluate(thresholds, groups)]
     health = wire.client_health(ds)
     summary["client_health"] = health
-    summary["diagnostics"] = wire.diagnostics(ds, health)
+    summary["diagnostics"] = wire.diagnostics(ds, summarizer, health, diag_sample)
     summary["warnings"] += [
         f"run {h['run_id']}, stage {h['stage']}: {h['verdict']} (worker CPU max {h['cpu_percent_max']:.0f} %, "
         f"loop lag p99 {h['loop_lag_ms_p99']:.1f} ms)"
         for h in health
         if h["client_limited"]
     ]
-    ctx = ReportContext(summary, build_tables(summary), ds, summarizer, stage_rows)
+    ctx = ReportContext(summary, build_tables(summary), ds, summarizer, stage_rows, prepared)
     make_out_dir(out_dir)
     report = Report(summary)
     for name in names:
-        report.files += WRITERS[name](ctx, out_dir)
-    ds.wait()
+        report.files += writers[name](ctx, out_dir)
     return report
 
 
@@ -162,6 +195,7 @@ def make_out_dir(out_dir: Path) -> None:
 
 def _summary(
     ds: Dataset,
+    summarizer: Summarizer,
     selection: Selection,
     by: Sequence[str],
     groups: list[Row],
@@ -169,9 +203,9 @@ def _summary(
     by_host_model: list[Row],
 ) -> dict[str, Any]:
     warnings = [
-        f"{run.dir / 'records.jsonl'}: skipped {run.broken_lines} broken line(s) (not JSON: cut mid-write?)"
+        f"{path}: skipped {n} broken line(s) (not JSON: cut mid-write?)"
         for run in ds.runs
-        if run.broken_lines
+        for path, n in run.broken_by_file.items()
     ]
     warnings += [
         f"run {t.run}, stage {t.stage}: all {t.records} records trimmed (stage spans {t.span_s:.1f} s, trim {t.trim_s:g} s at each end)"
@@ -182,7 +216,6 @@ def _summary(
         warnings.append("no records: records.jsonl is empty")
     elif selection.measured == 0:
         warnings.append("no measured records: every record was warm-up or trimmed")
-    f = ds.frame
     return {
         "schema_version": SCHEMA_VERSION,
         "harness_version": __version__,
@@ -200,8 +233,8 @@ def _summary(
             }
             for run in ds.runs
         ],
-        "hosts": [str(h) for h in f["host"].cat.categories],
-        "models": [str(m) for m in f["model"].cat.categories],
+        "hosts": [str(h) for h in summarizer.values_in_order("host")],
+        "models": [str(m) for m in summarizer.values_in_order("model")],
         "by": list(by),
         "counts": {
             "records": selection.records,

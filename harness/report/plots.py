@@ -1,20 +1,22 @@
 """The HTML report's figures, computed from the records: latency distributions, latency against
 throughput across stages, output tokens and errors over time, and content events per socket read.
 
-Owns what each figure shows and how its data is derived; drawing is `svg`'s.
+Owns what each figure shows and how its data is derived (each series a query: quantiles for the
+CDFs, time bins counted by the engine for the time series); drawing is `svg`'s.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from harness import metrics
-from harness.report.aggregate import Columns, Row
+from harness.report.aggregate import Grouping, Row, Summarizer
 from harness.report.builder import ReportContext
+from harness.report.engine import Engine
 from harness.report.load import Dataset
 from harness.report.svg import Chart, LegendEntry, Line, Stack, legend, line_chart, stacked_bars
 from harness.report.tables import host_label
@@ -31,7 +33,6 @@ MAX_ERROR_BINS = 120
 #: Stage names are written beside points only when a chart has this few curves.
 MAX_LABELLED_CURVES = 3
 
-IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -45,18 +46,17 @@ class Figure:
 
 def figures(ctx: ReportContext) -> list[Figure]:
     """Every figure of the HTML report, in reading order."""
-    cols = ctx.summarizer.cols
-    by = ctx.summary["by"]
-    groups = ctx.summarizer.partition(by)
-    labels = _labels([key for key, _ in groups])
-    series = [(label, rows) for label, (_, rows) in zip(labels, groups, strict=True)][:MAX_LINES]
-    more = f" (first {MAX_LINES} of {len(groups)} groups)" if len(groups) > MAX_LINES else ""
+    grouping = ctx.summarizer.grouping(ctx.summary["by"])
+    labels = _labels(grouping.keys)
+    series = list(enumerate(labels))[:MAX_LINES]
+    n = len(grouping.keys)
+    more = f" (first {MAX_LINES} of {n} groups)" if n > MAX_LINES else ""
     return [
         _cdf_figure(
-            "ttft-cdf", "TTFT distribution" + more, "TTFT (ms)", cols.values["ttft_ms"], cols, series
+            ctx, "ttft-cdf", "TTFT distribution" + more, "TTFT (ms)", "ttft_ms", "ok", grouping, series
         ),
         _cdf_figure(
-            "e2e-cdf", "E2E latency distribution" + more, "E2E (ms)", cols.values["e2e_ms"], cols, series
+            ctx, "e2e-cdf", "E2E latency distribution" + more, "E2E (ms)", "e2e_ms", "ok", grouping, series
         ),
         _latency_vs_throughput("ttft-vs-throughput", "ttft_ms", "TTFT", ctx.stage_rows),
         _latency_vs_throughput("e2e-vs-throughput", "e2e_ms", "E2E", ctx.stage_rows),
@@ -76,21 +76,42 @@ def _labels(keys: list[dict[str, str | None]]) -> list[str]:
     ]
 
 
+def _quantile_lines(
+    ctx: ReportContext, value: str, where: str, grouping: Grouping, series: list[tuple[int, str]]
+) -> list[Line]:
+    """One CDF line per series: `CDF_POINTS` + 1 quantiles (linear interpolation) of its values."""
+    q = np.linspace(0, 1, CDF_POINTS + 1)
+    wanted = [g for g, _ in series]
+    if not wanted:
+        return []
+    found = dict(
+        ctx.dataset.engine.rows(
+            f"""SELECT {grouping.table}.gid, quantile_cont(x, $1) FROM (SELECT *, {value} AS x FROM r) r
+                {grouping.join()}
+                WHERE r.measured AND {where} AND x IS NOT NULL AND isfinite(x) AND {grouping.table}.gid IN
+                    (SELECT unnest($2::INTEGER[]))
+                GROUP BY 1""",
+            [q.tolist(), wanted],
+        )
+    )
+    return [
+        Line(label, np.array(found[g], dtype=np.float64), q * 100, color=i)
+        for i, (g, label) in enumerate(series)
+        if found.get(g) is not None
+    ]
+
+
 def _cdf_figure(
+    ctx: ReportContext,
     fig_id: str,
     title: str,
     x_label: str,
-    values: FloatArray,
-    cols: Columns,
-    series: list[tuple[str, IntArray]],
+    value: str,
+    where: str,
+    grouping: Grouping,
+    series: list[tuple[int, str]],
 ) -> Figure:
-    lines = []
-    q = np.linspace(0, 1, CDF_POINTS + 1)
-    for i, (label, rows) in enumerate(series):
-        v = values[rows][cols.ok[rows]]
-        v = v[np.isfinite(v)]
-        if v.size:
-            lines.append(Line(label, np.quantile(v, q), q * 100, color=i))
+    lines = _quantile_lines(ctx, value, where, grouping, series)
     x_log = _wide_range(lines)
     chart = Chart(title, x_label + (", log scale" if x_log else ""), "requests at or below (%)", x_log=x_log)
     caption = "Share of successful requests at or below each latency (a CDF): read p50 at 50%, p99 at 99%."
@@ -142,47 +163,111 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:,.4g}"
 
 
-def _time_axis(ctx: ReportContext, rows: IntArray, max_bins: int) -> tuple[IntArray, int, int]:
-    """(per-row t0: its run's first send, bin width in ns, number of bins)."""
-    cols = ctx.summarizer.cols
-    n_runs = len(ctx.dataset.runs)
-    first = np.full(n_runs, np.iinfo(np.int64).max)
-    last = np.full(n_runs, np.iinfo(np.int64).min)
-    np.minimum.at(first, cols.run_index[rows], cols.sent[rows])
-    np.maximum.at(last, cols.run_index[rows], cols.end[rows])
-    span_ns = int(max((last - first)[first <= last].max(initial=0), 1))
+def _time_axis(engine: Engine, max_bins: int) -> tuple[int, int]:
+    """(bin width in ns, number of bins) over live records, and table `t0`: each run's first send."""
+    engine.run(
+        """CREATE OR REPLACE TEMP TABLE t0 AS SELECT run_index, min(sent_unix_ns) AS t0,
+           max(end_unix_ns) - min(sent_unix_ns) AS span FROM r WHERE NOT warmup GROUP BY 1"""
+    )
+    (span,) = engine.one("SELECT max(span) FROM t0 WHERE span >= 0")
+    span_ns = int(max(span or 0, 1))
     bin_s = max(1, math.ceil(span_ns / 1e9 / max_bins))
     bin_ns = bin_s * 1_000_000_000
-    return first[cols.run_index[rows]], bin_ns, span_ns // bin_ns + 1
+    return bin_ns, span_ns // bin_ns + 1
 
 
-def _live_rows(ctx: ReportContext) -> IntArray:
-    """Records that are not warm-up (trimmed edges included: the time charts show them)."""
-    return np.flatnonzero(~ctx.dataset.frame["warmup"].to_numpy())
+@dataclass
+class TokenBins:
+    """Output tokens per (series, time bin) of the live successful records of the first
+    `MAX_LINES` (run, host, model) groups: each content event lands in the bin of (send − its run's
+    first send + its offset), weighted by output tokens / content events; events past the last bin
+    stay in it; answers without content events (non-streaming) count at their end. The engine
+    gives each record's series, base and weight; the streamed event offsets (`Engine.stream`) are
+    binned batch by batch."""
+
+    keys: list[dict[str, str | None]]
+    bin_ns: int
+    n_bins: int
+    series: npt.NDArray[np.int16]
+    """Per rowid, its series (-1: none)."""
+    base_us: npt.NDArray[np.int64]
+    weight: FloatArray
+    acc: FloatArray
+
+    def feed(
+        self, rowids: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], values: npt.NDArray[Any]
+    ) -> None:
+        s = self.series[rowids]
+        if not (s >= 0).any():
+            return
+        lengths = np.diff(offsets)
+        v = np.asarray(values[offsets[0] : offsets[-1]], dtype=np.int64)
+        bins = np.minimum(
+            (np.repeat(self.base_us[rowids], lengths) + v) // (self.bin_ns // 1000), self.n_bins - 1
+        )
+        owner_series = np.repeat(s.astype(np.int64), lengths)
+        spare = self.acc.size - 1
+        cell = np.where(owner_series >= 0, owner_series * self.n_bins + bins, spare)
+        self.acc += np.bincount(
+            cell, weights=np.repeat(self.weight[rowids], lengths), minlength=self.acc.size
+        )
+
+    def counts(self) -> FloatArray:
+        return self.acc[:-1].reshape(len(self.keys), self.n_bins)
+
+
+def token_bins(ds: Dataset, summarizer: Summarizer, n_series: int = MAX_LINES) -> TokenBins | None:
+    """A `TokenBins` ready to be fed; None when no live request succeeded."""
+    grouping = summarizer.grouping(("run", "host", "model"), where="NOT warmup AND ok")
+    if not grouping.keys:
+        return None
+    e = ds.engine
+    bin_ns, n_bins = _time_axis(e, MAX_BINS)
+    keys = grouping.keys[:n_series]
+    got = e.numpy(
+        f"""SELECT r.row_id, {grouping.table}.gid, greatest((r.sent_unix_ns - t0.t0) // 1000, 0) AS since_us,
+                   coalesce(r.output_tokens, 0)::DOUBLE AS tokens, r.n_events,
+                   least(greatest((r.end_unix_ns - t0.t0) // {bin_ns}, 0), {n_bins - 1}) AS end_bin
+            FROM r JOIN t0 USING (run_index) {grouping.join()}
+            WHERE NOT r.warmup AND r.ok AND {grouping.table}.gid < {len(keys)}"""
+    )
+    acc = np.zeros(len(keys) * n_bins + 1)
+    gid = np.asarray(got["gid"], dtype=np.int64)
+    tokens = np.asarray(got["tokens"], dtype=np.float64)
+    n_events = np.asarray(got["n_events"], dtype=np.int64)
+    none = n_events == 0
+    end_cell = gid[none] * n_bins + np.asarray(got["end_bin"], dtype=np.int64)[none]
+    acc += np.bincount(end_cell, weights=tokens[none], minlength=acc.size)
+    size = e.max_rowid() + 1
+    series = np.full(size, -1, np.int16)  # at most MAX_LINES series
+    base_us = np.zeros(size, np.int64)
+    weight = np.zeros(size)
+    row_id = np.asarray(got["row_id"], dtype=np.int64)
+    series[row_id] = gid
+    base_us[row_id] = np.asarray(got["since_us"], dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight[row_id] = np.where(n_events > 0, tokens / n_events, 0.0)
+    del got
+    return TokenBins(keys, bin_ns, n_bins, series, base_us, weight, acc)
 
 
 def _tokens_over_time(ctx: ReportContext) -> Figure:
-    cols, ds = ctx.summarizer.cols, ctx.dataset
-    live = _live_rows(ctx)
-    ok_rows = live[cols.ok[live]]
     title = "Output tokens/s over time"
-    if ok_rows.size == 0:
+    bins = ctx.prepared.get("token_bins")
+    if bins is None and "token_bins" not in ctx.prepared:
+        bins = token_bins(ctx.dataset, ctx.summarizer)
+        if bins is not None:
+            ctx.dataset.engine.stream([bins])
+    if bins is None:
         return Figure(
             "tokens-over-time", "No successful request.", line_chart(Chart(title, "s", "tok/s"), []), []
         )
-    t0, bin_ns, n_bins = _time_axis(ctx, live, MAX_BINS)
-    t0_by_row = np.zeros(len(cols.ok), np.int64)
-    t0_by_row[live] = t0
-    groups = ctx.summarizer.partition(("run", "host", "model"), ok_rows)[:MAX_LINES]
-    series = np.full(cols.ok.size, -1, np.int64)
-    for i, (_, rows) in enumerate(groups):
-        series[rows] = i
-    counts = _token_bins(ds, cols, series, len(groups), t0_by_row, bin_ns, n_bins)
-    x = np.arange(n_bins) * bin_ns / 1e9
-    labels = _labels([key for key, _ in groups])
-    lines = [Line(label, x, counts[i] / (bin_ns / 1e9), color=i) for i, label in enumerate(labels)]
+    counts = bins.counts()
+    x = np.arange(bins.n_bins) * bins.bin_ns / 1e9
+    labels = _labels(bins.keys)
+    lines = [Line(label, x, counts[i] / (bins.bin_ns / 1e9), color=i) for i, label in enumerate(labels)]
     chart = Chart(
-        f"{title} ({bin_ns // 1_000_000_000} s bins)",
+        f"{title} ({bins.bin_ns // 1_000_000_000} s bins)",
         "seconds since the run's first request",
         "output tokens/s",
     )
@@ -193,59 +278,23 @@ def _tokens_over_time(ctx: ReportContext) -> Figure:
     return Figure("tokens-over-time", caption, line_chart(chart, lines), legend(lines))
 
 
-def _token_bins(
-    ds: Dataset, cols: Columns, series: IntArray, n_series: int, t0: IntArray, bin_ns: int, n_bins: int
-) -> FloatArray:
-    """Output tokens per (series, time bin) of the records with `series[row] >= 0`, one pass over events.
-
-    Each event lands in cell `series * n_bins + bin`: computed as (base + offset) // bin with a
-    per-record base that already holds the series' first cell, so a single repeat per event is needed.
-    Events past the last bin are clipped into it; records of no series go to a spare cell at the end.
-    """
-    bin_us = bin_ns // 1000
-    spare = n_series * n_bins
-    acc = np.zeros(spare + 1)
-    tokens = np.nan_to_num(cols.values["output_tokens"])
-    for first, offsets, lengths in ds.blocks():
-        block = slice(first, first + lengths.size)
-        s = series[block]
-        if not (s >= 0).any():
-            continue
-        since_t0_us = np.clip((cols.sent[block] - t0[block]) // 1000, 0, None)
-        base = np.where(s >= 0, s * n_bins * bin_us + since_t0_us, spare * bin_us)
-        cell = np.repeat(base, lengths) + offsets
-        cell //= bin_us
-        # An event past its series' last bin stays in that bin.
-        np.minimum(cell, np.repeat(np.where(s >= 0, (s + 1) * n_bins - 1, spare), lengths), out=cell)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            weight = np.where(s >= 0, tokens[block] / lengths, 0.0)
-        counted = (s >= 0) & (lengths > 0)
-        if np.all(weight[counted] == 1.0):
-            acc += np.bincount(cell, minlength=acc.size)
-        else:
-            acc += np.bincount(cell, weights=np.repeat(weight, lengths), minlength=acc.size)
-        # Answers without content events (non-streaming) count at their end.
-        none = (s >= 0) & (lengths == 0)
-        ends = np.clip((cols.end[block][none] - t0[block][none]) // bin_ns, 0, n_bins - 1)
-        acc += np.bincount(s[none] * n_bins + ends, weights=tokens[block][none], minlength=acc.size)
-    return acc[:spare].reshape(n_series, n_bins)
-
-
 def _errors_over_time(ctx: ReportContext) -> Figure:
-    cols = ctx.summarizer.cols
-    live = _live_rows(ctx)
+    e = ctx.dataset.engine
     title = "Errors over time"
-    t0, bin_ns, n_bins = (
-        _time_axis(ctx, live, MAX_ERROR_BINS) if live.size else (np.zeros(0, np.int64), 1_000_000_000, 1)
-    )
-    failed = ~cols.ok[live]
-    bins = np.clip((cols.end[live][failed] - t0[failed]) // bin_ns, 0, n_bins - 1)
-    codes = cols.error_codes[live][failed]
-    names = ["unknown", *cols.error_names]
+    (live,) = e.one("SELECT count(*) FROM r WHERE NOT warmup")
+    bin_ns, n_bins = _time_axis(e, MAX_ERROR_BINS) if live else (1_000_000_000, 1)
+    names = ["unknown", *(str(v) for v in ctx.summarizer.values_in_order("error"))]
+    index = {name: i for i, name in enumerate(names)}
+    counts = np.zeros((len(names), n_bins))
+    if live:
+        for error, b, n in e.rows(
+            f"""SELECT coalesce(r.error, 'unknown'), least(greatest((r.end_unix_ns - t0.t0) // {bin_ns}, 0), {n_bins - 1}),
+                       count(*)
+                FROM r JOIN t0 USING (run_index) WHERE NOT r.warmup AND NOT r.ok GROUP BY 1, 2"""
+        ):
+            counts[index.get(error, 0), int(b)] += n
     stacks = [
-        Stack(name, np.bincount(bins[codes + 1 == i], minlength=n_bins).astype(np.float64), color=i)
-        for i, name in enumerate(names)
-        if np.any(codes + 1 == i)
+        Stack(name, counts[i].astype(np.float64), color=i) for i, name in enumerate(names) if counts[i].any()
     ]
     x = np.arange(n_bins) * bin_ns / 1e9
     chart = Chart(
@@ -262,16 +311,11 @@ def _errors_over_time(ctx: ReportContext) -> Figure:
 
 
 def _events_per_read(ctx: ReportContext) -> Figure:
-    cols = ctx.summarizer.cols
-    groups = ctx.summarizer.partition(("host", "model"))
-    labels = _labels([key for key, _ in groups])
-    q = np.linspace(0, 1, CDF_POINTS + 1)
-    lines = []
-    for i, (label, (_, rows)) in enumerate(list(zip(labels, groups, strict=True))[:MAX_LINES]):
-        per_read = metrics.events_per_read(cols.content_events[rows], cols.values["content_reads"][rows])
-        per_read = per_read[np.isfinite(per_read)]
-        if per_read.size:
-            lines.append(Line(label, np.quantile(per_read, q), q * 100, color=i))
+    grouping = ctx.summarizer.grouping(("host", "model"))
+    series = list(enumerate(_labels(grouping.keys)))[:MAX_LINES]
+    lines = _quantile_lines(
+        ctx, "events::DOUBLE / content_reads::DOUBLE", "content_reads > 0", grouping, series
+    )
     x_log = _wide_range(lines)
     x_label = "events per read (per request)" + (", log scale" if x_log else "")
     chart = Chart(

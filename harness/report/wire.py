@@ -3,7 +3,8 @@
 - Stream diagnostics (`harness.diagnostics`) per (run, host, model, stage, connection): tokens per
   socket read, share of tokens in bursts, TTFB→TTFT, and the patterns it names (Nagle, a client that
   could not keep up, buffering, a first wave of connections). Computed on up to `SAMPLE` successful
-  measured records per group (seeded), which is plenty for medians and bursts.
+  measured records per group (seeded), which is plenty for medians and bursts: the engine gives the
+  groups' row numbers, and only the sampled records' fields and `event_offsets_us` come back.
 - Client health from `client_metrics.jsonl` (each Locust process samples its CPU and event-loop lag
   every second): a stage where any worker was above `CPU_LIMIT` % or its loop lag p99 above
   `LAG_LIMIT_MS` is client-limited: its figures are not trustworthy.
@@ -11,13 +12,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
+import pandas as pd
 
-from harness.diagnostics import diagnose, stream_stats
+from harness.diagnostics import StreamStats, diagnose
+from harness.report.aggregate import Summarizer
 from harness.report.load import Dataset
 
 __all__ = [
@@ -26,6 +30,7 @@ __all__ = [
     "client_health",
     "diagnostics",
     "markdown_lines",
+    "sample",
     "table_rows",
     "verdict",
 ]
@@ -85,59 +90,206 @@ def verdict(cpu: float, lag_ms: float, kernel_stamps: bool = False) -> str:
     return "ok"
 
 
-def _offsets_by_row(ds: Dataset, rows: np.ndarray) -> dict[int, list[int]]:
-    wanted = np.sort(rows)
-    out: dict[int, list[int]] = {}
-    for first, values, lengths in ds.blocks():
-        lo, hi = np.searchsorted(wanted, [first, first + len(lengths)])
-        if lo == hi:
-            continue
-        starts = np.concatenate(([0], np.cumsum(lengths)))
-        for row in wanted[lo:hi]:
-            i = int(row - first)
-            out[int(row)] = values[starts[i] : starts[i + 1]].tolist()
-    return out
+@dataclass
+class Sample:
+    """The records each diagnostics group is computed on, and what their event offsets give: a
+    consumer of the streamed offsets (`Engine.stream`)."""
+
+    keys: list[dict[str, str | None]]
+    cols: dict[str, Any]
+    """Per sampled record (ttft known): g (its group), row_id, ttft_ms, ttfb_ms, tpot_ms, events,
+    reads, reused."""
+    pick_group: npt.NDArray[np.int32]
+    """Per rowid, its group when sampled, else -1."""
+    bursty: npt.NDArray[np.int64]
+    total: npt.NDArray[np.int64]
+    raw: list[_Counts] = field(default_factory=list)
+    """Per group, the raw gaps between consecutive events (µs), counted by value."""
+
+    def feed(
+        self, rowids: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], values: npt.NDArray[Any]
+    ) -> None:
+        groups = self.pick_group[rowids]
+        if not (groups >= 0).any():
+            return
+        lengths = np.diff(offsets)
+        v = np.asarray(values[offsets[0] : offsets[-1]], dtype=np.int64)
+        owner = np.repeat(np.arange(lengths.size), lengths)
+        token_group = groups[owner].astype(np.int64)
+        self.total += np.bincount(token_group[token_group >= 0], minlength=self.total.size)
+        if v.size < 2:
+            return
+        same = owner[1:] == owner[:-1]
+        equal = same & (v[1:] == v[:-1])
+        burst = np.zeros(v.size, bool)
+        burst[:-1] |= equal
+        burst[1:] |= equal
+        self.bursty += np.bincount(token_group[burst & (token_group >= 0)], minlength=self.bursty.size)
+        gap_group = token_group[1:][same]
+        gaps = np.diff(v)[same]
+        for k in np.unique(gap_group[gap_group >= 0]):
+            self.raw[int(k)].add(gaps[gap_group == k])
 
 
-def diagnostics(ds: Dataset, health: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stream statistics and named findings per group of successful measured records."""
-    f = ds.frame
-    if "measured" not in f or not len(f):
-        return []
-    mask = (f["measured"] & f["ok"]).to_numpy()
-    rows = np.flatnonzero(mask)
-    if not rows.size:
-        return []
-    sub = f.iloc[rows]
-    keys = [k for k in KEYS if k in f]
+def sample(ds: Dataset, summarizer: Summarizer) -> Sample:
+    """Up to `SAMPLE` successful measured records per (run, host, model, stage, connection), seeded."""
+    e = ds.engine
+    grouping = summarizer.grouping(KEYS, where="measured AND ok")
+    n_groups = len(grouping.keys)
+    got = e.numpy(f"SELECT {grouping.table}.gid, r.row_id FROM r {grouping.join()} WHERE r.measured AND r.ok")
+    gid = np.asarray(got["gid"], dtype=np.int64)
+    row_id = np.asarray(got["row_id"], dtype=np.int64)
+    order = np.lexsort((row_id, gid))
+    gid, row_id = gid[order], row_id[order]
+    bounds = np.searchsorted(gid, np.arange(n_groups + 1))
     rng = np.random.default_rng(0)
-    groups = sub.groupby(keys, observed=True, dropna=False, sort=True).indices
-    chosen = {
-        key: rows[idx if len(idx) <= SAMPLE else rng.choice(idx, SAMPLE, replace=False)]
-        for key, idx in groups.items()
-    }
-    offsets = _offsets_by_row(ds, np.concatenate(list(chosen.values()))) if chosen else {}
+    chosen = []
+    for g in range(n_groups):
+        ids = row_id[bounds[g] : bounds[g + 1]]
+        chosen.append(ids if len(ids) <= SAMPLE else rng.choice(ids, SAMPLE, replace=False))
+    picks = pd.DataFrame(
+        {
+            "row_id": np.concatenate(chosen or [np.zeros(0, np.int64)]).astype(np.int64),
+            "g": np.repeat(np.arange(n_groups, dtype=np.int64), [len(c) for c in chosen]),
+        }
+    )
+    e.con.register("picks_frame", picks)
+    try:
+        cols = e.numpy(
+            """SELECT p.g, r.row_id, r.ttft_ms, r.ttfb_ms, r.tpot_ms, coalesce(r.content_events, 0)::DOUBLE AS events,
+                      coalesce(r.content_reads, 0)::DOUBLE AS reads, coalesce(r.conn_reused, false) AS reused
+               FROM picks_frame p JOIN r USING (row_id) WHERE r.ttft_ms IS NOT NULL"""
+        )
+    finally:
+        e.con.unregister("picks_frame")
+    del got, gid, row_id, picks
+    pick_group = np.full(e.max_rowid() + 1, -1, np.int32)
+    pick_group[np.asarray(cols["row_id"], dtype=np.int64)] = np.asarray(cols["g"], dtype=np.int32)
+    return Sample(
+        grouping.keys,
+        cols,
+        pick_group,
+        np.zeros(n_groups, np.int64),
+        np.zeros(n_groups, np.int64),
+        [_Counts() for _ in range(n_groups)],
+    )
+
+
+def diagnostics(
+    ds: Dataset, summarizer: Summarizer, health: list[dict[str, Any]], fed: Sample | None = None
+) -> list[dict[str, Any]]:
+    """Stream statistics and named findings per group of successful measured records (`fed`: a
+    `sample` already fed the event offsets)."""
+    if fed is None:
+        fed = sample(ds, summarizer)
+        ds.engine.stream([fed])
     worst = {(h["run_id"], h["stage"]): h for h in health}
-    cols = ["ttfb_ms", "ttft_ms", "tpot_ms", "content_events", "content_reads", "conn_reused"]
     out = []
-    for key, grows in chosen.items():
-        key_t = key if isinstance(key, tuple) else (key,)
-        data = f.iloc[grows][cols].to_dict("records")
-        recs: list[dict[str, Any]] = []
-        for row, d in zip(grows, data, strict=True):
-            clean = {str(k): (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}
-            recs.append({**clean, "ok": True, "warmup": False, "event_offsets_us": offsets.get(int(row), [])})
-        named = dict(zip(keys, (str(k) if k is not None else None for k in key_t), strict=True))
-        stats = stream_stats(recs)
+    for named, st in zip(fed.keys, _stream_stats_by_group(fed), strict=True):
         h = worst.get((named.get("run_id"), named.get("stage")))
         findings = diagnose(
-            stats,
+            st,
             connection=named.get("connection"),
             client_cpu_max=h["cpu_percent_max"] if h else None,
             client_lag_ms_p99=h["loop_lag_ms_p99"] if h else None,
         )
-        out.append({"key": named, "stats": asdict(stats), "findings": [asdict(x) for x in findings]})
+        out.append({"key": dict(named), "stats": asdict(st), "findings": [asdict(x) for x in findings]})
     return out
+
+
+def _stream_stats_by_group(fed: Sample) -> list[StreamStats]:
+    """`diagnostics.stream_stats` of each group's sampled records, vectorised: the same figures
+    (medians as `statistics.median`, p99 as numpy's)."""
+    cols = fed.cols
+
+    def arr(name: str) -> Any:
+        return np.ma.filled(np.ma.asarray(cols[name], dtype=np.float64), np.nan)
+
+    g = np.asarray(cols["g"], dtype=np.int64)
+    ttft, ttfb, tpot = arr("ttft_ms"), arr("ttfb_ms"), arr("tpot_ms")
+    events, reads = arr("events"), arr("reads")
+    reused = np.asarray(np.ma.filled(np.ma.asarray(cols["reused"]), False), dtype=bool)
+    out = []
+    for k in range(len(fed.keys)):
+        mine = g == k
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_read = (events / reads)[mine & (reads != 0)]
+        has_ttfb = mine & ~np.isnan(ttfb)
+        fresh = (ttft - ttfb)[has_ttfb & ~reused]
+        again = (ttft - ttfb)[has_ttfb & reused]
+        total, bursty = int(fed.total[k]), int(fed.bursty[k])
+        out.append(
+            StreamStats(
+                requests=int(mine.sum()),
+                tokens_per_read_p50=_median(per_read),
+                burst_share=round(bursty / total, 4) if total else None,
+                ttfb_to_ttft_ms_p50=_median(np.concatenate([fresh, again])),
+                raw_gap_ms_p50=fed.raw[k].median_ms(),
+                tpot_ms_p50=_median(tpot[mine & ~np.isnan(tpot)]),
+                fresh_ttfb_to_ttft_ms_p50=_median(fresh),
+                reused_ttfb_to_ttft_ms_p50=_median(again),
+                first_on_connection_ttft_ms_p99=_p99(ttft[mine & ~reused]),
+                later_ttft_ms_p99=_p99(ttft[mine & reused]),
+                first_on_connection=int((mine & ~reused).sum()),
+            )
+        )
+    return out
+
+
+def _median(values: npt.NDArray[Any]) -> float | None:
+    """`round(statistics.median(values), 3)`."""
+    n = values.size
+    if n == 0:
+        return None
+    middle = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+    xs = [float(x) for x in np.partition(values, middle)[middle].tolist()]
+    return round(xs[0] if n % 2 else (xs[0] + xs[1]) / 2, 3)
+
+
+class _Counts:
+    """Integer samples counted by value (dense below `LIMIT`, the rest kept): their order
+    statistics exactly, in memory that does not grow with the number of samples."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(0, np.int64)
+        self.others: list[npt.NDArray[np.int64]] = []
+
+    def add(self, values: npt.NDArray[np.int64]) -> None:
+        dense = (values >= 0) & (values < self.LIMIT)
+        d = values[dense]
+        if d.size:
+            counts = np.bincount(d, minlength=self.counts.size)
+            counts[: self.counts.size] += self.counts
+            self.counts = counts
+        if d.size != values.size:
+            self.others.append(values[~dense])
+
+    def median_ms(self) -> float | None:
+        """`round(statistics.median(v / 1000 for v in samples), 3)`."""
+        others = np.sort(np.concatenate(self.others)) if self.others else np.zeros(0, np.int64)
+        below, above = others[others < 0], others[others >= 0]
+        cum = np.cumsum(self.counts)
+        n_dense = int(cum[-1]) if cum.size else 0
+        n = below.size + n_dense + above.size
+        if n == 0:
+            return None
+
+        def at(rank: int) -> int:
+            if rank < below.size:
+                return int(below[rank])
+            if rank < below.size + n_dense:
+                return int(np.searchsorted(cum, rank - below.size, side="right"))
+            return int(above[rank - below.size - n_dense])
+
+        if n % 2:
+            return round(at(n // 2) / 1000, 3)
+        return round((at(n // 2 - 1) / 1000 + at(n // 2) / 1000) / 2, 3)
+
+
+def _p99(values: npt.NDArray[np.float64]) -> float | None:
+    return round(float(np.percentile(values, 99)), 3) if values.size else None
 
 
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
