@@ -98,7 +98,8 @@ def select(ds: Dataset, trim_s: float | None = None) -> Selection:
         "CREATE OR REPLACE TABLE seg (run_id VARCHAR, stage VARCHAR, segment BIGINT, first_ns BIGINT, "
         "last_ns BIGINT, trim_ns BIGINT)"
     )
-    e.con.executemany("INSERT INTO seg VALUES (?, ?, ?, ?, ?, ?)", seg_rows)
+    if seg_rows:  # a run folder with no records yet (DuckDB refuses an empty executemany)
+        e.con.executemany("INSERT INTO seg VALUES (?, ?, ?, ?, ?, ?)", seg_rows)
     # Users active in each stage: Σ over workers of the worker's median `users` (live records).
     e.run(
         """CREATE OR REPLACE TABLE seg_users AS

@@ -101,6 +101,10 @@ class Sample:
     reads, reused."""
     pick_group: npt.NDArray[np.int32]
     """Per rowid, its group when sampled, else -1."""
+    pick_pos: npt.NDArray[np.int32]
+    """Per rowid, its position in `cols` when sampled."""
+    first_read: npt.NDArray[np.float64]
+    """Per sampled record (position in `cols`): tokens that arrived with the first one (NaN: none)."""
     bursty: npt.NDArray[np.int64]
     total: npt.NDArray[np.int64]
     raw: list[_Counts] = field(default_factory=list)
@@ -119,6 +123,11 @@ class Sample:
         self.total += np.bincount(token_group[token_group >= 0], minlength=self.total.size)
         if v.size < 2:
             return
+        # Tokens that came in the first token's read (equal stamps): a held first token piles up.
+        first_of_token = v[(offsets[:-1] - offsets[0])[owner]]
+        with_first = np.bincount(owner[v == first_of_token], minlength=lengths.size)
+        picked = (groups >= 0) & (lengths > 0)
+        self.first_read[self.pick_pos[rowids[picked]]] = with_first[picked]
         same = owner[1:] == owner[:-1]
         equal = same & (v[1:] == v[:-1])
         burst = np.zeros(v.size, bool)
@@ -164,11 +173,16 @@ def sample(ds: Dataset, summarizer: Summarizer) -> Sample:
         e.con.unregister("picks_frame")
     del got, gid, row_id, picks
     pick_group = np.full(e.max_rowid() + 1, -1, np.int32)
-    pick_group[np.asarray(cols["row_id"], dtype=np.int64)] = np.asarray(cols["g"], dtype=np.int32)
+    picked_rows = np.asarray(cols["row_id"], dtype=np.int64)
+    pick_group[picked_rows] = np.asarray(cols["g"], dtype=np.int32)
+    pick_pos = np.zeros(pick_group.size, np.int32)
+    pick_pos[picked_rows] = np.arange(picked_rows.size, dtype=np.int32)
     return Sample(
         grouping.keys,
         cols,
         pick_group,
+        pick_pos,
+        np.full(picked_rows.size, np.nan),
         np.zeros(n_groups, np.int64),
         np.zeros(n_groups, np.int64),
         [_Counts() for _ in range(n_groups)],
@@ -231,6 +245,9 @@ def _stream_stats_by_group(fed: Sample) -> list[StreamStats]:
                 first_on_connection_ttft_ms_p99=_p99(ttft[mine & ~reused]),
                 later_ttft_ms_p99=_p99(ttft[mine & reused]),
                 first_on_connection=int((mine & ~reused).sum()),
+                reused_first_read_tokens_p50=_median(
+                    fed.first_read[mine & reused & ~np.isnan(fed.first_read)]
+                ),
             )
         )
     return out
