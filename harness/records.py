@@ -99,6 +99,16 @@ class Record:
     usage_output_tokens: int | None = None
     text: str | None = None
     """The answer's text, only when the scenario asks to keep it (quality scoring)."""
+    session_id: str | None = None
+    """The conversation this request belongs to (multi-turn workloads); None for single requests."""
+    turn: int | None = None
+    """1-based turn within `session_id`: the request carries turns 1..turn-1 and their replies."""
+    requested_input_tokens: int | None = None
+    """Prompt length the workload asked for (synthetic lengths), in the model's tokens; None: not set."""
+    requested_output_tokens: int | None = None
+    """Output length the workload asked for (its `max_tokens`); None: no workload length."""
+    shared_prefix_tokens: int = 0
+    """Tokens of the shared system prompt this request starts with (prefix-cache tests); 0: none."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
@@ -163,6 +173,11 @@ def record_from_result(
     stream: bool,
     max_tokens: int | None,
     connection: str,
+    session_id: str | None = None,
+    turn: int | None = None,
+    requested_input_tokens: int | None = None,
+    requested_output_tokens: int | None = None,
+    shared_prefix_tokens: int = 0,
 ) -> Record:
     """Turn the client's nanosecond stamps into a record (milliseconds rounded to the microsecond).
 
@@ -214,4 +229,9 @@ def record_from_result(
         content_events=res.content_events,
         usage_output_tokens=res.usage_output_tokens,
         text=res.text,
+        session_id=session_id,
+        turn=turn,
+        requested_input_tokens=requested_input_tokens,
+        requested_output_tokens=requested_output_tokens,
+        shared_prefix_tokens=shared_prefix_tokens,
     )

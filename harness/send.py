@@ -47,6 +47,11 @@ class Request:
     users: int = 0
     tags: dict[str, Any] | None = None
     """Copied into the record's `extra` (retry attempt, bench round, ...)."""
+    session_id: str | None = None
+    turn: int | None = None
+    requested_input_tokens: int | None = None
+    requested_output_tokens: int | None = None
+    shared_prefix_tokens: int = 0
 
 
 class Sender:
@@ -110,6 +115,11 @@ class Sender:
             stream=req.stream,
             max_tokens=req.max_tokens,
             connection=policy,
+            session_id=req.session_id,
+            turn=req.turn,
+            requested_input_tokens=req.requested_input_tokens,
+            requested_output_tokens=req.requested_output_tokens,
+            shared_prefix_tokens=req.shared_prefix_tokens,
         )
         if req.tags:
             rec.extra.update(req.tags)
