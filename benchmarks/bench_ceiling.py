@@ -5,7 +5,7 @@
 `benchmarks/exact_host.c` is compiled with gcc at run time and pinned to CPU 0: it sends token k of
 each stream at exactly receive + 100 ms + k * 10 ms (64 tokens) and logs, per request, when it read
 the request and when it wrote the first and last token: its own truth. One harness worker
-(`python -m locust -f harness/locustfile.py --headless`, the real ChatUser and client under gevent)
+(`python -m locust -f harness/locust/locustfile.py --headless`, the real ChatUser and client under gevent)
 is pinned to CPU 1, once with the first-token watcher off (`HARNESS_FIRST_TOKEN_WATCH=0`, the
 client before the fix) and once on, interleaved per repeat so the machine's noise falls on both.
 
@@ -22,7 +22,7 @@ Per run, over the requests sent in the window after ramp + settle:
 - `1st=2nd`: the
 share of requests whose first two tokens carry one stamp (read together, and the first not kept
 apart); events/s, client CPU %, content events per read, the worker's event-loop lag p99
-(client_metrics.jsonl), and what the report's client-health rule (`harness.report.wire.verdict`)
+(client_metrics.jsonl), and what the report's client-health rule (`harness.report.wire.judge`)
 and stream diagnostics (`harness.diagnostics.diagnose`) say about the run.
 
 First, what the kernel gives (printed, ~0.5 s): three 200-byte segments sent 20 ms apart into a
@@ -65,7 +65,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_client import SCENARIO_YAML, CpuSampler, read_jsonl  # noqa: E402
 
 from harness.diagnostics import diagnose, stream_stats  # noqa: E402
-from harness.report.wire import verdict  # noqa: E402
+from harness.report.wire import judge  # noqa: E402
 
 TTFT_MS, ITL_MS, TOKENS = 100.0, 10.0, 64
 TARGET_USERS, TARGET_MS = 500, 2.0
@@ -115,7 +115,14 @@ def run_once(a: argparse.Namespace, host: ExactHost, users: int, watch: bool, d:
     scen = d / "scenario.yaml"
     scen.write_text(SCENARIO_YAML.format(tokens=TOKENS))
     run_s = a.settle_s + a.window_s + 1.0
-    cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "harness" / "locustfile.py"), "--headless"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(ROOT / "harness" / "locust" / "locustfile.py"),
+        "--headless",
+    ]
     cmd += ["--host", host.url, "--scenario", str(scen), "--run-dir", str(d)]
     cmd += ["-u", str(users), "-r", f"{users / a.ramp_s:g}", "-t", f"{math.ceil(a.ramp_s + 1 + run_s + 1)}s"]
     cmd += ["--stop-timeout", "30", "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0"]
@@ -169,6 +176,8 @@ def run_once(a: argparse.Namespace, host: ExactHost, users: int, watch: bool, d:
         else math.nan
     )
     kernel = {m.get("kernel_stamps") for m in metrics} - {None} == {True}
+    watching = kernel and {m.get("first_token_watch") for m in metrics} - {None} == {True}
+    health = judge(cpu_max, lag, kernel, watching, first_alike / len(ok))
     found = [f.pattern for f in diagnose(stream_stats(ok), client_cpu_max=cpu_max, client_lag_ms_p99=lag)]
     res = {
         "users": users,
@@ -191,7 +200,9 @@ def run_once(a: argparse.Namespace, host: ExactHost, users: int, watch: bool, d:
         "cpu_max": cpu_max,
         "events_per_read": events / reads if reads else math.nan,
         "lag_p99": lag,
-        "verdict": verdict(cpu_max, lag, kernel),
+        "verdict": health.verdict,
+        "health": f"TTFT {'flagged' if health.ttft_limited else 'ok'}, TPOT/E2E "
+        f"{'flagged' if health.others_limited else 'ok'}",
         "diagnose": ",".join(found) or "-",
         "loadavg": os.getloadavg()[0],
     }
@@ -458,7 +469,7 @@ def main() -> int:
             each = " ".join(f"{r['err_p99']:+.1f}" for r in rs)
             each_stamp = " ".join(f"{r['stamp_p99']:+.1f}" for r in rs)
             each_calm = " ".join(f"{_f(r['calm_p99'], '+.1f')}({100 * r['calm_share']:.0f})" for r in rs)
-            health = sorted({r["verdict"].split(" (")[0].split(":")[0] + " / " + r["diagnose"] for r in rs})
+            health = sorted({r["health"] + " / " + r["diagnose"] for r in rs})
             print(
                 f"{users:>5} {'on' if watch else 'off':>4} {len(rs):>4} {med['err_p99']:>+9.2f} {each:>30} "
                 f"{med['stamp_p50']:>+9.2f} {med['stamp_p99']:>+9.2f} {each_stamp:>30} {each_calm:>44} "

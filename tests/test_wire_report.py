@@ -4,6 +4,7 @@ diagnostics naming Foundry Local's Nagle artefact for the `reuse` policy only (r
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -15,7 +16,13 @@ from harness.report import build
 
 
 def metrics_line(
-    worker: str, t_s: float, cpu: float, lag: float, stage: str = "s1", kernel: bool | None = False
+    worker: str,
+    t_s: float,
+    cpu: float,
+    lag: float,
+    stage: str = "s1",
+    kernel: bool | None = False,
+    watch: bool | None = None,
 ) -> bytes:
     sample = {
         "worker": worker,
@@ -29,6 +36,8 @@ def metrics_line(
         "inflight": 2,
         "kernel_stamps": kernel,
     }
+    if watch is not None:
+        sample["first_token_watch"] = watch
     return orjson.dumps(sample) + b"\n"
 
 
@@ -121,3 +130,84 @@ def test_a_late_loop_is_no_verdict_when_reads_carry_kernel_stamps(tmp_path: Path
     (health,) = report.summary["client_health"]
     assert health["verdict"].startswith("ok (event loop late") and not health["client_limited"]
     assert not [w for w in report.warnings if "stage s1" in w]
+
+
+def merged_first(rec: dict[str, Any]) -> dict[str, Any]:
+    """The record as a late read leaves it: the first content event stamped with the second's arrival
+    (TTFT one token gap late)."""
+    offs = rec["event_offsets_us"]
+    rec["event_offsets_us"] = [offs[1], *offs[1:]]
+    rec["ttft_ms"] = offs[1] / 1000
+    return rec
+
+
+def health_of(tmp_path: Path, merged: int, cpu: float, lag: float, watch: bool | None) -> dict[str, Any]:
+    """Client health of a stage of 40 requests (10 ms token gaps at the host), `merged` of them with
+    their first two events on one stamp, one worker at `cpu` % with loop lag `lag`."""
+    recs = [record(t_s=i * 0.5, seq=i) for i in range(40)]
+    recs = [merged_first(r) if i < merged else r for i, r in enumerate(recs)]
+    run = write_run(tmp_path / f"r{merged}-{cpu:g}-{lag:g}-{watch}", recs)
+    lines = [metrics_line("a:1", 0, 5.0, 0.2, kernel=None)]  # before the first connection
+    lines += [metrics_line("a:1", t, cpu, lag, kernel=True, watch=watch) for t in range(1, 20)]
+    (run / "client_metrics.jsonl").write_bytes(b"".join(lines))
+    report = build([run], run, formats=["md", "json"], trim_s=0)
+    (health,) = report.summary["client_health"]
+    health["warned"] = [w for w in report.warnings if "stage s1" in w]
+    health["md"] = (run / "report.md").read_text()
+    return health
+
+
+@pytest.mark.parametrize(
+    ("merged", "cpu", "lag", "watch", "ttft", "rest"),
+    [
+        # The watcher and kernel stamps keep the first token's arrival at 90 % CPU: TTFT stays.
+        (0, 90.0, 1.0, True, False, True),
+        # Without the watcher a late read merges the first token with the second: 80 % as before.
+        (0, 90.0, 1.0, False, True, True),
+        # Above 95 % the watcher's thread competes with the loop for the core.
+        (0, 97.0, 1.0, True, True, True),
+        # Evidence: a busy client (late loop) whose first tokens did get merged, 2 of 40.
+        (2, 50.0, 30.0, True, True, False),
+        # The same late loop with every first token on its own stamp: nothing to blame.
+        (0, 50.0, 30.0, True, False, False),
+        # Merged first tokens from a client that was not busy: the host's bursts, not the client.
+        (40, 30.0, 1.0, True, False, False),
+    ],
+)
+def test_ttft_is_judged_by_the_watcher_and_merged_first_tokens(
+    tmp_path: Path, merged: int, cpu: float, lag: float, watch: bool, ttft: bool, rest: bool
+) -> None:
+    health = health_of(tmp_path, merged, cpu, lag, watch)
+    assert health["first_token_watch"] is watch and health["kernel_stamps"] is True
+    assert health["first_two_requests"] == 40 and health["first_two_alike_share"] == merged / 40
+    assert (health["ttft_client_limited"], health["client_limited"]) == (ttft, ttft or rest), health
+    assert bool(health["warned"]) == (ttft or rest)
+    if rest and not ttft:
+        assert health["verdict"].startswith("client-limited (CPU): TPOT and E2E not trustworthy")
+        assert "TTFT kept" in health["verdict"]
+    elif ttft and not rest:
+        assert health["verdict"].startswith("client-limited (first token): TTFT not trustworthy")
+        assert "5.0 %" in health["verdict"]
+    assert health["verdict"] in health["md"] and "First-token watcher" in health["md"]
+
+
+def test_one_merged_first_token_in_a_busy_stage_is_under_the_limit(tmp_path: Path) -> None:
+    # 1 of 150 = 0.7 %, under FIRST_ALIKE_LIMIT (1 %): a stray late read, not a pattern.
+    recs = [record(t_s=i * 0.1, seq=i) for i in range(150)]
+    recs[0] = merged_first(recs[0])
+    run = write_run(tmp_path / "r", recs)
+    lines = [metrics_line("a:1", t, 50.0, 30.0, kernel=True, watch=True) for t in range(16)]
+    (run / "client_metrics.jsonl").write_bytes(b"".join(lines))
+    (health,) = build([run], run, formats=["json"], trim_s=0).summary["client_health"]
+    assert health["first_two_alike_share"] == round(1 / 150, 4) and not health["ttft_client_limited"]
+
+
+def test_all_tokens_in_one_write_are_no_evidence_against_the_client(tmp_path: Path) -> None:
+    # A host that sends the whole answer at once (TPOT 0): its first two events must share a stamp.
+    recs = [record(t_s=i * 0.5, seq=i, tpot_ms=0.0) for i in range(40)]
+    run = write_run(tmp_path / "r", recs)
+    lines = [metrics_line("a:1", t, 50.0, 30.0, kernel=True, watch=True) for t in range(20)]
+    (run / "client_metrics.jsonl").write_bytes(b"".join(lines))
+    (health,) = build([run], run, formats=["json"], trim_s=0).summary["client_health"]
+    assert health["first_two_requests"] == 0 and health["first_two_alike_share"] is None
+    assert not health["ttft_client_limited"] and health["verdict"].startswith("ok (event loop late")

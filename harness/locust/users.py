@@ -93,6 +93,9 @@ class UserState:
         self.kernel_stamps: bool | None = None
         """Whether this process's reads carry kernel receive stamps (then a late event loop does not
         shift token times); None until a connection has been opened."""
+        self.first_token_watch: bool | None = None
+        """Whether the first-token watcher (`harness.client.firsttoken`) looks after this process's
+        sockets (then a late read does not move the first token's stamp either); None likewise."""
         self.inflight_by: Counter[tuple[str, str]] = Counter()
         """Requests in flight per (host URL, model), for the web UI's live figures."""
         self.user_index = 0
@@ -199,6 +202,7 @@ class UserState:
                     "users": self.env.runner.user_count if self.env.runner else 0,
                     "inflight": self.inflight,
                     "kernel_stamps": self.kernel_stamps,
+                    "first_token_watch": self.first_token_watch,
                 }
                 lags = []
                 self.client_metrics.append(sample)
@@ -533,6 +537,7 @@ class ChatUser(User):
             self.connect_failures = self.connect_failures + 1 if res.error == "connect" else 0
             if st.kernel_stamps is None and res.reads:
                 st.kernel_stamps = self.conn.kernel_stamps
+                st.first_token_watch = self.conn.first_token_watch
             prev_seq = rec.seq
             if res.error != "http_429" or retry.on_429 != "retry" or attempt == retry.max_retries:
                 return

@@ -169,7 +169,7 @@ def _build(
     summary = _summary(ds, summarizer, selection, keys, groups, overall, by_host_model)
     if thresholds:
         summary["thresholds"] = [r.to_dict() for r in evaluate(thresholds, groups)]
-    health = wire.client_health(ds)
+    health = wire.client_health(ds, diag_sample)
     summary["client_health"] = health
     summary["diagnostics"] = wire.diagnostics(ds, summarizer, health, diag_sample)
     summary["warnings"] += [
