@@ -211,3 +211,65 @@ def test_all_tokens_in_one_write_are_no_evidence_against_the_client(tmp_path: Pa
     (health,) = build([run], run, formats=["json"], trim_s=0).summary["client_health"]
     assert health["first_two_requests"] == 0 and health["first_two_alike_share"] is None
     assert not health["ttft_client_limited"] and health["verdict"].startswith("ok (event loop late")
+
+
+def first_two_alike(run_dir: Path) -> tuple[int, int]:
+    """(requests whose host spread its tokens, those with their first two events on one stamp),
+    counted from records.jsonl, apart from the report."""
+    pairs = alike = 0
+    for line in (run_dir / "records.jsonl").read_bytes().splitlines():
+        r = orjson.loads(line)
+        offs = r.get("event_offsets_us") or []
+        if r.get("warmup") or not r.get("ok") or r.get("ttft_ms") is None or len(offs) < 2:
+            continue
+        if offs[-1] - offs[0] >= 500 * (len(offs) - 1):
+            pairs += 1
+            alike += offs[0] == offs[1]
+    return pairs, alike
+
+
+@pytest.mark.slow
+def test_a_host_that_sends_its_first_tokens_together_is_not_blamed_on_the_client(tmp_path: Path) -> None:
+    # The simulated host with Nagle on and `reuse`: each reused connection's first token waits for the
+    # client's delayed ACK (~40 ms) while the host makes a token every 2 ms, so the first tokens leave
+    # in one segment: first two events on one stamp whether the client kept up or not. The report
+    # names Nagle and leaves these requests out of the evidence against the client. The second run has
+    # the watcher switched off, which its samples must say.
+    scenario = tmp_path / "nagle.yaml"
+    scenario.write_text(
+        "name: nagle\n"
+        "hosts: [{embedded: sim, options: {ttft_ms: 2, itl_ms: 2, nagle: true}}]\n"
+        "request: {max_tokens: 32}\n"
+        "load: {users: 2, duration: 4s, stop_timeout: 10s}\n"
+    )
+    for watch in ("1", "0"):
+        proc = harness(
+            "run",
+            str(scenario),
+            "--connection",
+            "reuse",
+            "--out",
+            str(tmp_path),
+            "--run-id",
+            f"watch{watch}",
+            "--no-report",
+            env={"HARNESS_FIRST_TOKEN_WATCH": watch},
+        )
+        assert proc.returncode == 0, proc.stderr
+        run = Path(last_line(proc.stdout))
+        samples = [orjson.loads(x) for x in (run / "client_metrics.jsonl").read_bytes().splitlines()]
+        assert {m["kernel_stamps"] for m in samples} - {None} == {True}
+        assert {m["first_token_watch"] for m in samples} - {None} == {watch == "1"}, samples
+        summary = build([run], tmp_path / f"report{watch}", formats=["json"], trim_s=0).summary
+        (health,) = summary["client_health"]
+        assert health["first_token_watch"] is (watch == "1")
+        (diag,) = summary["diagnostics"]
+        assert "nagle" in {f["pattern"] for f in diag["findings"]}, diag
+        pairs, alike = first_two_alike(run)
+        # The evidence is there (the host's bursts), counted apart from the report...
+        assert pairs > 10 and alike / pairs > 0.5, (pairs, alike)
+        # ...and left out: no request counts against the client, whether it was busy or not.
+        assert health["first_two_nagle_requests"] == pairs and health["first_two_requests"] == 0
+        assert health["first_two_alike_share"] is None
+        limit = 95 if watch == "1" else 80
+        assert health["ttft_client_limited"] is (health["cpu_percent_max"] > limit), health

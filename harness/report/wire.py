@@ -13,7 +13,8 @@
   token's stamp, so TTFT is flagged only above `WATCH_CPU_LIMIT` % (where the watcher thread itself
   competes for the core) or on evidence that first tokens did get merged: while the client was busy,
   more than `FIRST_ALIKE_LIMIT` of the requests whose host spread its tokens over time had their first
-  two content events on one stamp (benchmarks/README.md, "bench_ceiling.py").
+  two content events on one stamp (benchmarks/README.md, "bench_ceiling.py"). Groups where the host
+  held its first tokens for Nagle (the diagnostics name it) are left out of that count.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy.typing as npt
 import orjson
 import pandas as pd
 
-from harness.diagnostics import StreamStats, diagnose
+from harness.diagnostics import StreamStats, diagnose, nagle_held
 from harness.report.aggregate import Summarizer
 from harness.report.load import Dataset
 
@@ -69,8 +70,13 @@ def client_health(ds: Dataset, fed: Sample | None = None) -> list[dict[str, Any]
     sample, already fed the event offsets: its first-two-events counts are TTFT's evidence."""
     alike: dict[tuple[Any, Any], list[int]] = {}
     if fed is not None:
-        for k, key in enumerate(fed.keys):
-            a = alike.setdefault((key.get("run_id"), key.get("stage")), [0, 0])
+        for k, (key, st) in enumerate(zip(fed.keys, group_stats(fed), strict=True)):
+            a = alike.setdefault((key.get("run_id"), key.get("stage")), [0, 0, 0])
+            if _nagle(st):
+                # The host held its first tokens for the client's delayed ACK and sent them together
+                # (the diagnostics name it): its bursts are no evidence against the client.
+                a[2] += int(fed.first_pairs[k])
+                continue
             a[0] += int(fed.first_pairs[k])
             a[1] += int(fed.first_alike[k])
     out = []
@@ -91,7 +97,7 @@ def client_health(ds: Dataset, fed: Sample | None = None) -> list[dict[str, Any]
             # None: sampled before the process opened a connection (or written before the key existed)
             kernel = {m.get("kernel_stamps") for m in samples} - {None} == {True}
             watch = kernel and {m.get("first_token_watch") for m in samples} - {None} == {True}
-            pairs, same = alike.get((run.run_id, stage), [0, 0])
+            pairs, same, nagle = alike.get((run.run_id, stage), [0, 0, 0])
             share = round(same / pairs, 4) if pairs else None
             h = judge(cpu, lag, kernel, watch, share)
             out.append(
@@ -106,6 +112,7 @@ def client_health(ds: Dataset, fed: Sample | None = None) -> list[dict[str, Any]
                     "first_token_watch": watch,
                     "first_two_alike_share": share,
                     "first_two_requests": pairs,
+                    "first_two_nagle_requests": nagle,
                     "client_limited": h.ttft_limited or h.others_limited,
                     "ttft_client_limited": h.ttft_limited,
                     "verdict": h.verdict,
@@ -139,8 +146,9 @@ def judge(
     client (CPU above `CPU_LIMIT` or loop lag above `LAG_LIMIT_MS`) whose requests show their first
     two content events on one stamp in more than `FIRST_ALIKE_LIMIT` of cases (`first_alike`) is
     flagged: its first tokens were read merged with the second. The same share from a client that
-    was not busy is the host's own bursts (or Nagle), which the stream diagnostics name: not the
-    client's fault, and not flagged."""
+    was not busy is the host's own bursts, which the stream diagnostics name "bursty": not the
+    client's fault, and not flagged; groups held by Nagle are left out of `first_alike` beforehand.
+    A busy client and a host that bursts cannot be told apart from the stamps: then TTFT is flagged."""
     busy = cpu > CPU_LIMIT or lag_ms > LAG_LIMIT_MS
     others = cpu > CPU_LIMIT or (lag_ms > LAG_LIMIT_MS and not kernel_stamps)
     merged = busy and first_alike is not None and first_alike > FIRST_ALIKE_LIMIT
@@ -213,6 +221,8 @@ class Sample:
     (TPOT from the stamps >= `SPREAD_US`): their first two events should carry two stamps."""
     first_alike: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     """Per group, those of them whose first two content events carry one stamp."""
+    stats: list[StreamStats] | None = None
+    """Per group, its stream statistics (`group_stats`), once computed."""
 
     def feed(
         self, rowids: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], values: npt.NDArray[Any]
@@ -315,7 +325,7 @@ def diagnostics(
         ds.engine.stream([fed])
     worst = {(h["run_id"], h["stage"]): h for h in health}
     out = []
-    for named, st in zip(fed.keys, _stream_stats_by_group(fed), strict=True):
+    for named, st in zip(fed.keys, group_stats(fed), strict=True):
         h = worst.get((named.get("run_id"), named.get("stage")))
         findings = diagnose(
             st,
@@ -325,6 +335,19 @@ def diagnostics(
         )
         out.append({"key": dict(named), "stats": asdict(st), "findings": [asdict(x) for x in findings]})
     return out
+
+
+def group_stats(fed: Sample) -> list[StreamStats]:
+    """Each group's stream statistics, computed once per sample."""
+    if fed.stats is None:
+        fed.stats = _stream_stats_by_group(fed)
+    return fed.stats
+
+
+def _nagle(st: StreamStats) -> bool:
+    """Whether `diagnose` names Nagle for this group (the same evidence, the same reference)."""
+    reference = st.fresh_ttfb_to_ttft_ms_p50 if st.first_on_connection >= 3 else None
+    return nagle_held(st.reused_ttfb_to_ttft_ms_p50, reference, st.reused_first_read_tokens_p50)
 
 
 def _stream_stats_by_group(fed: Sample) -> list[StreamStats]:
@@ -492,7 +515,8 @@ def markdown_lines(summary: dict[str, Any]) -> list[str]:
             "client-limited: its figures are not trustworthy; add workers. TTFT is judged apart: with kernel "
             "stamps and the first-token watcher a late read keeps the first token's own arrival, so TTFT is "
             f"flagged only above {WATCH_CPU_LIMIT:g} % CPU, or when a busy client's requests show their first "
-            f"two tokens on one stamp in more than {100 * FIRST_ALIKE_LIMIT:g} % of cases (1st=2nd).",
+            f"two tokens on one stamp in more than {100 * FIRST_ALIKE_LIMIT:g} % of cases (1st=2nd; groups "
+            "where the host held its first tokens for Nagle left out).",
             "",
             "| Run | Stage | Workers | CPU max (%) | Loop lag p99 (ms) | Kernel stamps | First-token watcher "
             "| 1st=2nd (%) | Verdict |",
