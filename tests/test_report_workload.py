@@ -61,7 +61,8 @@ def pow2_label(x: int) -> str:
 
 def mixed_run(run_dir: Path, seed: int = 7) -> tuple[Path, list[dict[str, Any]]]:
     """Two hosts; random input lengths (1..3000 tokens), output lengths (2..200), 4-turn sessions, a
-    third of requests with a 64-token prefix; some failures and warm-up records (excluded)."""
+    third of requests with a 64-token prefix; some streams cut midway (failed, with timings of their
+    own) and warm-up records: both left out of every latency figure."""
     rng = np.random.default_rng(seed)
     recs = []
     for h, host in enumerate(HOSTS):
@@ -76,11 +77,11 @@ def mixed_run(run_dir: Path, seed: int = 7) -> tuple[Path, list[dict[str, Any]]]
                 wrec(
                     t_s=i * 0.05,
                     host=host,
-                    ttft_ms=round(ttft, 3) if ok else None,
-                    tokens=n_out,
+                    ttft_ms=round(ttft, 3),
+                    tokens=n_out if ok else n_out // 2,
                     tpot_ms=round(4.0 + 2 * h + n_out / 100, 3),
                     ok=ok,
-                    error=None if ok else "timeout",
+                    error=None if ok else "stream_cut",
                     warmup=i < 8,
                     input_tokens=n_in,
                     requested_input=n_in,
@@ -159,6 +160,25 @@ def test_length_buckets_turns_and_prefix_match_numpy_over_the_raw_records(tmp_pa
         assert row["share"] == pytest.approx(len(part) / sum(r["host"] == host for r in live))
         _check(row, "ttft_ms", [r["ttft_ms"] for r in part if r["ok"]])
     assert len(prefix["rows"]) == 4
+
+
+def test_short_outputs_are_successful_stops_below_the_requested_length(tmp_path: Path) -> None:
+    cases = [
+        (dict(tokens=4, requested_output=8, finish="stop"), True),
+        (dict(tokens=8, requested_output=8, finish="stop"), False),  # exactly the length
+        (dict(tokens=4, requested_output=8, finish="length"), False),  # the host's own cap
+        (dict(tokens=4, requested_output=None, finish="stop"), False),  # nothing asked
+        (dict(tokens=4, requested_output=8, ok=False, error="stream_cut"), False),  # failed
+        (dict(tokens=9, requested_output=8, finish="stop"), False),  # longer than asked
+    ]
+    recs = [wrec(t_s=i * 0.1, **kw) for i, (kw, _) in enumerate(cases * 3)]
+    work = build([write_run(tmp_path / "run", recs)], tmp_path / "out", formats=["json"], trim_s=0).summary[
+        "workload"
+    ]
+    overall = work["requested_vs_received"][-1]
+    assert overall["short_outputs"] == 3 * sum(short for _, short in cases)
+    assert overall["short_output_tokens_missing"] == 3 * 4
+    assert overall["output_requested"] == 3 * 4  # successful with a requested length
 
 
 def test_bucket_edges_hold_at_the_edges() -> None:
