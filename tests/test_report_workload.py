@@ -420,3 +420,58 @@ def test_workload_plots_render_with_a_size(tmp_path: Path) -> None:
         assert c["marks"] == 4, c
         assert c["points"] >= 4 * 2, c
     assert found["ttft-by-turn"]["points"] == 2 * 2 * 4
+
+
+def test_conversations_against_the_sim_report_ttft_by_turn(tmp_path: Path) -> None:
+    """Sessions of 4 turns, each request carrying the earlier turns and the host's actual replies:
+    the report's rows by turn count what the host received, and prompts grow with the history."""
+    sessions, turns, sent_chars = 6, 4, {}
+    recs: list[Record] = []
+    with sim_host("--ttft-ms", "20", "--itl-ms", "1") as sim:
+        sender = Sender("run-conv", recs.append, worker="w:1")
+        conn = Connection(sim.base_url)
+        try:
+            for s in range(sessions):
+                history: list[dict[str, Any]] = []
+                for t in range(1, turns + 1):
+                    history.append(
+                        {"role": "user", "content": f"session {s} question {t} " + "word " * (3 * s)}
+                    )
+                    sent_chars.setdefault(t, []).append(sum(len(m["content"]) for m in history))
+                    rec = sender.send(
+                        conn,
+                        Request(
+                            host=sim.base_url,
+                            model=sim.models[0],
+                            prompt_id=f"s{s}-t{t}",
+                            messages=list(history),
+                            max_tokens=8,
+                            keep_text=True,
+                            stage="s1",
+                            users=1,
+                            session_id=f"s{s}",
+                            turn=t,
+                            requested_output_tokens=8,
+                        ),
+                    )
+                    assert rec.ok and rec.text
+                    history.append({"role": "assistant", "content": rec.text})
+        finally:
+            conn.close()
+        stats = sim_stats(sim.base_url)
+    run = write_run(tmp_path / "run", [r.to_dict() for r in recs], run_id="run-conv")
+    report = build([run], run, formats=["md", "json"], trim_s=0)
+    rows = report.summary["workload"]["by_turn"]
+    assert [r["turn"] for r in rows] == [1, 2, 3, 4]
+    assert sum(r["requests"] for r in rows) == stats["chat_requests"] == sessions * turns
+    for r in rows:
+        assert r["ttft_ms_count"] == sessions
+        # The sim's TTFT is 20 ms whatever the prompt: every turn's p50 a little above (two-sided).
+        assert 20.0 <= r["ttft_ms_p50"] < 20.0 + 200.0
+        # The host's own prompt count (usage: (chars + 3) // 4 of every message) per turn.
+        expected = np.mean([(n + 3) // 4 for n in sent_chars[r["turn"]]])
+        assert r["input_tokens_mean"] == pytest.approx(expected)
+    means = [r["input_tokens_mean"] for r in rows]
+    assert means == sorted(means) and means[0] < means[-1]
+    assert "## TTFT by conversation turn" in (run / "report.md").read_text()
+    assert "TTFT p50 by turn (ms): 1: " in report.console_table()
