@@ -16,7 +16,10 @@ from harness.errors import CheckFailed, InputError
 
 __all__ = ["add_parser", "split_list"]
 
-BY_KEYS = "run, host, model, stage, prompt_id, worker, connection (or any label or integer field of a record)"
+BY_KEYS = (
+    "run, host, model, stage, prompt_id, worker, connection, turn, session_id (or any label or integer field "
+    "of a record)"
+)
 
 
 def add_parser(sub: Any) -> None:

@@ -6,6 +6,8 @@ Layers, in the order data moves:
 - `measured`: warm-up exclusion, steady-state trimming, per-record context (concurrency, SLOs);
 - `aggregate`: grouping (`--by`) and every metric of `harness.metrics` per group and overall;
 - `tables`, `plots` + `svg`, `writers/`: what is shown, and the Markdown, CSV, HTML and JSON files;
+- `workload` + `workload_figures`: what the requests asked for against what the host did (lengths,
+  turns, shared prefixes), only for records that carry workload keys;
 - `builder`: `build()`, the order of those steps and the shape of `summary.json`;
 - `compare`: two runs side by side with bootstrap confidence intervals.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from harness import __version__
 from harness.errors import InputError
-from harness.report import wire
+from harness.report import wire, workload
 from harness.report.aggregate import DEFAULT_BY, Row, Summarizer, check_by
 from harness.report.load import Dataset, load_runs
 from harness.report.measured import Selection, select
@@ -90,7 +90,8 @@ class Report:
                 ]
             )
         table = fixed_width([*keys, *(h for _, h, _ in columns)], body, left=len(keys))
-        return table + "\n(latencies in ms; output tokens/s and requests/s of successful requests)"
+        extra = "".join(f"\n{line}" for line in workload.console_lines(self.summary))
+        return table + "\n(latencies in ms; output tokens/s and requests/s of successful requests)" + extra
 
 
 def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
@@ -178,7 +179,12 @@ def _build(
         for h in health
         if h["client_limited"]
     ]
-    ctx = ReportContext(summary, build_tables(summary), ds, summarizer, stage_rows, prepared)
+    # Workload figures (requested lengths, turns, prefixes): only when records carry workload keys.
+    if (work := workload.summarize(ds, summarizer, keys)) is not None:
+        summary["workload"] = work
+        summary["warnings"] += workload.warnings(work)
+    tables = build_tables(summary) + workload.tables(summary)
+    ctx = ReportContext(summary, tables, ds, summarizer, stage_rows, prepared)
     make_out_dir(out_dir)
     report = Report(summary)
     for name in names:

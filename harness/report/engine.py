@@ -93,10 +93,9 @@ def _column_types() -> dict[str, tuple[str, bool]]:
 COLUMN_TYPES: dict[str, tuple[str, bool]] = _column_types()
 #: Required keys that may not be null: a line where one reads as NULL is not a record.
 NOT_NULL = tuple(k for k in REQUIRED_KEYS if not COLUMN_TYPES[k][1])
-#: The fields the report computes on (text, extra and error_detail are never read).
-REPORT_FIELDS = tuple(
-    n for n in COLUMN_TYPES if n not in {"text", "extra", "error_detail", "finish_reason", "stream"}
-)
+#: The fields the report computes on (text, extra and error_detail are never read; finish_reason
+#: tells short outputs, `harness.report.workload`).
+REPORT_FIELDS = tuple(n for n in COLUMN_TYPES if n not in {"text", "extra", "error_detail", "stream"})
 
 
 class OffsetsConsumer(typing.Protocol):

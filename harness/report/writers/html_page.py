@@ -7,7 +7,7 @@ import re
 from html import escape
 from pathlib import Path
 
-from harness.report import wire
+from harness.report import wire, workload_figures
 from harness.report.aggregate import OVERALL
 from harness.report.builder import ReportContext
 from harness.report.plots import figures
@@ -97,7 +97,7 @@ def render(ctx: ReportContext) -> str:
     ]
     parts += [
         f'<figure id="{f.id}">{f.svg}{_legend(f.legend)}<figcaption>{escape(f.caption)}</figcaption></figure>'
-        for f in figures(ctx)
+        for f in figures(ctx) + workload_figures.figures(s)
     ]
     parts.append("</section>")
     for table in rest:
