@@ -64,10 +64,10 @@ def _calibration_probes(run_dir: Path) -> int:
 
 
 @pytest.mark.parametrize("n", [17])
-def test_max_requests_is_exact_and_the_same_requests_for_1_and_2_workers(tmp_path: Path, n: int) -> None:
+def test_max_requests_is_exact_and_the_same_requests_for_0_1_and_2_workers(tmp_path: Path, n: int) -> None:
     flags = ("--input-tokens", "40:120", "--output-tokens", "list:4,8,12", "--seed", "7")
     seen = []
-    for workers in (1, 2):
+    for workers in (0, 1, 2):  # one process; one worker process; two
         run_dir, took = _run(
             tmp_path / f"w{workers}", *flags, "--max-requests", str(n), "--workers", str(workers)
         )
@@ -88,7 +88,7 @@ def test_max_requests_is_exact_and_the_same_requests_for_1_and_2_workers(tmp_pat
         assert sorted(p for p, _, _ in seen[-1]) == sorted(f"syn-{i}" for i in range(n))
         assert all(40 <= i <= 120 and o in (4, 8, 12) for _, i, o in seen[-1])
         assert all(r["output_tokens"] == r["requested_output_tokens"] == r["max_tokens"] for r in recs)
-    assert seen[0] == seen[1]
+    assert seen[0] == seen[1] == seen[2]
 
 
 def test_a_four_turn_conversation_run_sends_the_history_the_host_answered(tmp_path: Path) -> None:
