@@ -168,3 +168,20 @@ def test_a_bad_workload_section_names_the_field(tmp_path: Path) -> None:
     assert proc.returncode == 2
     line = proc.stderr.strip()
     assert "\n" not in line and "workload.output_tokens" in line and str(path) in line, line
+
+
+def test_an_open_loop_run_ends_at_the_request_limit_with_every_request_answered(tmp_path: Path) -> None:
+    """Open loop: a request taken from the pool may wait for its scheduled time; the run must not
+    end while one does (it would be cut as `stopped`)."""
+    n = 15
+    run_dir, took = _run(
+        tmp_path,
+        *("--rate", "20", "--input-tokens", "50", "--output-tokens", "8", "--max-requests", str(n)),
+        *("--workers", "2", "--users", "4", "--arrival", "constant"),
+    )
+    recs = [r for r in records(run_dir) if not r["warmup"]]
+    (stats,) = embedded_sim_stats(run_dir).values()
+    assert [r["error"] for r in recs if not r["ok"]] == []
+    assert stats["chat_requests"] - _calibration_probes(run_dir) == n == len(recs)
+    assert sorted(r["prompt_id"] for r in recs) == sorted(f"syn-{i}" for i in range(n))
+    assert took < 45, f"the run ended at its request limit, not its 60 s duration ({took:.1f} s)"

@@ -123,6 +123,9 @@ class UserState:
         """This process's share of the scenario's workload, built ahead (None: the prompt set)."""
         self.conversations = 0
         """Conversations users of this process hold and have not finished."""
+        self.taken = 0
+        """Requests taken from the pool and not yet answered (an open-loop one may still wait for
+        its time): the share is not done while any is."""
         self.done = False
         """Every request of this process's share is sent and answered (a request limit was met)."""
         workload = workload_from_plan(plan)
@@ -152,7 +155,7 @@ class UserState:
         """A user found the pool empty: once nothing is in flight and no conversation is open, this
         process's share is done. Alone, it ends the run; a worker tells the master in its next
         report, and the master ends the run when every worker is done."""
-        if self.done or self.inflight or self.conversations:
+        if self.done or self.taken or self.conversations:
             return
         self.done = True
         self.records.flush()
@@ -538,11 +541,17 @@ class ChatUser(User):
             if item is None:  # this process's share of the request limit is sent
                 st.pool_exhausted()
                 raise StopUser()
-        if sched_unix_ns is not None:
-            wait = (sched_unix_ns - time.time_ns()) / 1e9
-            if wait > 0:
-                gevent.sleep(wait)
-        res = self._send(stage, sched_unix_ns, item)
+        if item is not None:
+            st.taken += 1
+        try:
+            if sched_unix_ns is not None:
+                wait = (sched_unix_ns - time.time_ns()) / 1e9
+                if wait > 0:
+                    gevent.sleep(wait)
+            res = self._send(stage, sched_unix_ns, item)
+        finally:
+            if item is not None:
+                st.taken -= 1
         if self.conv is not None:
             # The host's actual answer is the next turn's history (a failed turn: an empty one).
             self.conv.add_reply(res.text if res.ok else None)
