@@ -161,7 +161,7 @@ class UserState:
         self.records.flush()
         if not self.is_worker and self.env.runner is not None:
             log.info("every request of the workload's limit is sent: stopping")
-            gevent.spawn(self.env.runner.quit)
+            _end_run(self.env, self.env.runner)
 
     # --- clocks and stages
     def elapsed_s(self) -> float:
@@ -387,7 +387,13 @@ def _worker_done(environment: Environment, runner: MasterRunner, client_id: str)
     if live and live <= PROCESS.master_done and not PROCESS.master_quitting:
         PROCESS.master_quitting = True
         log.info("every worker has sent its share of the request limit: stopping")
-        gevent.spawn(runner.quit)
+        _end_run(environment, runner)
+
+
+def _end_run(environment: Environment, runner: Any) -> None:
+    """A request limit was met: a headless run quits (the orchestrator then counts the records);
+    a web UI session stops the test and stays up, as after its Stop button."""
+    gevent.spawn(runner.stop if environment.web_ui is not None else runner.quit)
 
 
 def _master_quit(environment: Environment, runner: MasterRunner) -> None:
