@@ -185,3 +185,23 @@ def test_an_open_loop_run_ends_at_the_request_limit_with_every_request_answered(
     assert stats["chat_requests"] - _calibration_probes(run_dir) == n == len(recs)
     assert sorted(r["prompt_id"] for r in recs) == sorted(f"syn-{i}" for i in range(n))
     assert took < 45, f"the run ended at its request limit, not its 60 s duration ({took:.1f} s)"
+
+
+def test_a_dataset_path_in_the_scenario_is_relative_to_the_scenario_file(tmp_path: Path) -> None:
+    """Run from another folder: the scenario's `workload.dataset` is found beside the scenario."""
+    sub = tmp_path / "scenarios"
+    sub.mkdir()
+    (sub / "data.jsonl").write_text(
+        "".join(
+            orjson.dumps({"id": f"d{i}", "prompt": f"question number {i}"}).decode() + "\n" for i in range(4)
+        )
+    )
+    path = _scenario(sub, "\nworkload: {dataset: data.jsonl, output_tokens: 5, max_requests: 6}\n")
+    proc = harness("run", str(path.relative_to(tmp_path)), "--no-report", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    recs = [r for r in records(tmp_path / last_line(proc.stdout)) if not r["warmup"]]
+    ids = Counter(r["prompt_id"] for r in recs)
+    # 6 requests over 4 entries: each entry once before any twice.
+    assert len(recs) == 6 and set(ids) == {"d0", "d1", "d2", "d3"} and sorted(ids.values()) == [1, 1, 2, 2]
+    (stats,) = embedded_sim_stats(tmp_path / last_line(proc.stdout)).values()
+    assert stats["chat_requests"] == 6, "no calibration: a dataset without a length range needs none"
