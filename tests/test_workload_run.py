@@ -205,3 +205,42 @@ def test_a_dataset_path_in_the_scenario_is_relative_to_the_scenario_file(tmp_pat
     assert len(recs) == 6 and set(ids) == {"d0", "d1", "d2", "d3"} and sorted(ids.values()) == [1, 1, 2, 2]
     (stats,) = embedded_sim_stats(tmp_path / last_line(proc.stdout)).values()
     assert stats["chat_requests"] == 6, "no calibration: a dataset without a length range needs none"
+
+
+def test_conversations_cut_by_a_smaller_stage_go_on_with_another_user(tmp_path: Path) -> None:
+    """Stage 1 runs 4 users, stage 2 one: the 3 users stopped at the change leave their
+    conversations (a turn cut mid-stream is a `stopped` record, sent) to the user that remains, so
+    every session's turns are 1..k once each and the request limit is still exact."""
+    extra = """
+workload:
+  input_tokens: "20:40"
+  output_tokens: 10
+  conversation: {turns: 4}
+  max_requests: 40
+"""
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        SIM.replace("itl_ms: 1", "itl_ms: 20").replace(
+            "load: {users: 3, duration: 60s}",
+            "load: {stages: [{duration: 1.5s, users: 4}, {duration: 60s, users: 1}]}",
+        )
+        + extra
+    )
+    proc = harness("run", str(path), "--no-report", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = Path(last_line(proc.stdout))
+    recs = [r for r in records(run_dir) if not r["warmup"]]
+    assert len(recs) == 40
+    assert any(r["error"] == "stopped" for r in recs), "the stage change cut streams (the case under test)"
+    assert {r["stage"] for r in recs} == {"stage-1", "stage-2"}
+    turns: dict[str, list[int]] = {}
+    for r in recs:
+        turns.setdefault(r["session_id"], []).append(r["turn"])
+    sessions = sorted(turns, key=lambda s: int(s[1:]))
+    assert sessions == [f"s{i}" for i in range(len(sessions))]
+    for sid in sessions:
+        full = 4 if sid != sessions[-1] else 40 - 4 * (len(sessions) - 1)
+        assert sorted(turns[sid]) == list(range(1, full + 1)), (sid, turns[sid])
+    (stats,) = embedded_sim_stats(run_dir).values()
+    answered = stats["chat_requests"] - _calibration_probes(run_dir)
+    assert sum(r["ok"] for r in recs) <= answered <= 40

@@ -27,7 +27,7 @@ import random
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,10 @@ class UserState:
         self.conversations = 0
         """Conversations users of this process hold and have not finished."""
         self.taken = 0
+        self.orphans: deque[tuple[WorkItem | None, Conversation | None]] = deque()
+        """Work a stopped user left (a stage with fewer users): a request taken but never sent, or
+        a conversation's remaining turns; the next user to ask takes it before the pool, so a
+        request limit stays exact."""
         """Requests taken from the pool and not yet answered (an open-loop one may still wait for
         its time): the share is not done while any is."""
         self.done = False
@@ -515,6 +519,9 @@ class ChatUser(User):
         self.prompts = st.plan.prompts
         self.connect_failures = 0
         self.conv: Conversation | None = None
+        self.unsent: WorkItem | None = None
+        """The request taken and not yet sent (an open-loop one waits for its time)."""
+        self.awaiting_reply = False
         """The conversation this user holds (a workload with conversations)."""
         # Locust starts a batch of users at once each second; without a random first wait they
         # would send, and with fixed lengths keep sending, in lock-step (the first wave inflates the
@@ -523,7 +530,7 @@ class ChatUser(User):
             gevent.sleep(self.rng.uniform(0, sc.load.stagger))
 
     def on_stop(self) -> None:
-        self._drop_conversation()
+        self._hand_back()
         self.conn.close()
 
     @task
@@ -549,6 +556,8 @@ class ChatUser(User):
                 raise StopUser()
         if item is not None:
             st.taken += 1
+            self.unsent = item
+            self.awaiting_reply = self.conv is not None
         try:
             if sched_unix_ns is not None:
                 wait = (sched_unix_ns - time.time_ns()) / 1e9
@@ -561,6 +570,7 @@ class ChatUser(User):
         if self.conv is not None:
             # The host's actual answer is the next turn's history (a failed turn: an empty one).
             self.conv.add_reply(res.text if res.ok else None)
+            self.awaiting_reply = False
         if st.pool is not None:
             st.pool.refill()  # between sends, never inside one
         if self.connect_failures:
@@ -582,6 +592,14 @@ class ChatUser(User):
             if not self.conv.done:
                 return self.conv.next_request()
             self._drop_conversation()
+        while st.orphans:
+            item, conv = st.orphans.popleft()
+            self.conv = conv  # still counted in st.conversations
+            if item is not None:
+                return item
+            if conv is not None and not conv.done:
+                return conv.next_request()
+            self._drop_conversation()
         while (item := st.pool.take()) is not None:
             if not isinstance(item, SessionSpec):
                 return item
@@ -590,6 +608,23 @@ class ChatUser(User):
                 st.conversations += 1
                 return self.conv.next_request()
         return None
+
+    def _hand_back(self) -> None:
+        """A stopping user leaves its unsent request or its conversation's remaining turns to the
+        process's other users (a turn cut mid-stream was recorded as `stopped`: it counts as sent)."""
+        st = self.h
+        conv, self.conv = self.conv, None
+        if self.unsent is not None:
+            st.orphans.append((self.unsent, conv))
+            self.unsent = None
+        elif conv is not None:
+            if self.awaiting_reply:
+                conv.add_reply(None)
+            if conv.done:
+                st.conversations -= 1
+            else:
+                st.orphans.append((None, conv))
+        self.awaiting_reply = False
 
     def _drop_conversation(self) -> None:
         if self.conv is not None:
@@ -649,6 +684,7 @@ class ChatUser(User):
             res = ChatResult()
             st.inflight += 1
             st.inflight_by[inflight_key] += 1
+            self.unsent = None  # from here on a stop leaves a `stopped` record: it was sent
             try:
                 # A stop mid-stream (GreenletExit) is recorded as `stopped` by the sender, then raised.
                 rec = st.sender.send(self.conn, req, result=res)
