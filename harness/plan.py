@@ -71,6 +71,9 @@ class Plan:
     prompts: list[dict[str, Any]]
     stages: list[dict[str, Any]] = field(default_factory=list)
     """`harness.shapes.Stage` fields of each stage, in order."""
+    workload: dict[str, Any] | None = None
+    """How the scenario's `workload` lengths are known (tokenizer path or calibration) and its
+    description (`harness.workload_run.plan_workload`); None without a workload section."""
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)

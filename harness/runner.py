@@ -33,6 +33,7 @@ from harness.servers.ready import ChildHost, start_child_host
 from harness.shapes import Stage, stages_for, total_duration
 from harness.warmup import run_warmup
 from harness.webauth import PASSWORD_ENV, USER_ENV
+from harness.workload_run import check_workload_files, plan_workload
 
 __all__ = [
     "DEFAULT_EMBEDDED",
@@ -305,6 +306,8 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         sc = sc.model_copy(update={"hosts": [HostSpec(embedded=DEFAULT_EMBEDDED)]})
         opts.scenario = sc
     prompts = prompt_dicts(sc, opts.scenario_path.parent if opts.scenario_path else None)
+    check_workload_files(sc)
+    _check_workload_workers(opts)
     stages = stages_for(sc.load)
     run_id = opts.run_id or new_run_id(sc.name)
     run_dir = make_run_dir(opts.out, run_id)
@@ -317,6 +320,10 @@ def execute_run(opts: RunOptions) -> RunOutcome:
     manifest_path = rd.manifest
     exit_code = 0
     report_wanted = opts.report
+    workload: dict[str, Any] | None = None
+    ended_early = False
+    # With a request limit the run may end before its planned duration: that is no early stop.
+    max_requests = sc.workload.max_requests if sc.workload is not None else None
     stage = "starting hosts"
     try:
         urls: dict[int, tuple[str, str | None, int | None]] = {}
@@ -332,6 +339,8 @@ def execute_run(opts: RunOptions) -> RunOutcome:
                 urls[i] = (child.base_url, spec.embedded, child.pid)
         stage = "probing hosts"
         targets = build_targets(sc, urls)
+        stage = "workload"
+        workload = plan_workload(sc, targets, run_id, prompts)
         plan = Plan(
             run_id=run_id,
             run_dir=str(run_dir),
@@ -339,10 +348,14 @@ def execute_run(opts: RunOptions) -> RunOutcome:
             targets=targets,
             prompts=prompts,
             stages=[s.to_dict() for s in stages],
+            workload=workload,
         )
         plan_path = rd.plan
         plan_path.write_bytes(plan.to_json())
-        write_json(manifest_path, _manifest(opts, run_id, started, targets, {"state": "running"}))
+        workload_note = {"workload": _manifest_workload(workload)} if workload else {}
+        write_json(
+            manifest_path, _manifest(opts, run_id, started, targets, {"state": "running", **workload_note})
+        )
         sampler = HostSampler(rd.host_metrics, {t.url: t.pid for t in targets if t.pid})
         sampler.start()
 
@@ -361,7 +374,8 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         load_started = time.monotonic()
         code = _run_locust(command, rd.locust_log)
         ran_s = time.monotonic() - load_started
-        if code == 0 and not opts.web and ran_s < total_duration(stages) - 1.0:
+        ended_early = ran_s < total_duration(stages) - 1.0
+        if code == 0 and not opts.web and ended_early and not max_requests:
             problems.append(
                 f"Locust stopped after {ran_s:.1f} s of the planned {total_duration(stages):g} s (was it killed?)"
             )
@@ -380,7 +394,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
             problems.append(f"Locust exited with code {code}: {log_tail(log_path)} (log: {log_path})")
             exit_code = 3
     except HarnessError as exc:
-        if stage in ("starting hosts", "probing hosts", "warm-up"):
+        if stage in ("starting hosts", "probing hosts", "workload", "warm-up"):
             write_json(
                 manifest_path,
                 _manifest(
@@ -420,6 +434,11 @@ def execute_run(opts: RunOptions) -> RunOutcome:
     elif counted is not None and counted > measured:
         problems.append(f"records missing: Locust counted {counted} requests, records.jsonl holds {measured}")
         exit_code = max(exit_code, 3)
+    if max_requests is not None and ended_early and exit_code == 0 and measured != max_requests:
+        problems.append(
+            f"Locust stopped before the planned duration with {measured} of the {max_requests} requests asked"
+        )
+        exit_code = 3
     for host, since_ns, n_failed in _hosts_down(scan.by_host):
         when = utc(since_ns / 1e9)
         problems.append(
@@ -442,6 +461,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
             "records": {"measured": measured, "warmup": scan.warmup, "locust_counted": counted},
             "problems": problems,
             "exit_code": exit_code,
+            **({"workload": _manifest_workload(workload)} if workload else {}),
         },
     )
     write_json(manifest_path, manifest)
@@ -451,6 +471,28 @@ def execute_run(opts: RunOptions) -> RunOutcome:
     if failed_checks and exit_code == 0:
         exit_code = CheckFailed.exit_code
     return RunOutcome(run_dir=run_dir, exit_code=exit_code, table=table, problems=problems, hints=hints)
+
+
+def _manifest_workload(workload: dict[str, Any]) -> dict[str, Any]:
+    """The workload as the manifest states it: what it asks for, how lengths are known (tokenizer,
+    or calibration against the host), and the chat template's constant offset."""
+    out = dict(workload["describe"])
+    out.update({k: v for k, v in workload.items() if k != "describe"})
+    return out
+
+
+def _check_workload_workers(opts: RunOptions) -> None:
+    """An exact request limit needs a user on every local worker: worker k of n owns every n-th
+    request, and a worker without users would never send its share."""
+    w = opts.scenario.workload
+    if w is None or w.max_requests is None or opts.workers <= 1:
+        return
+    first = stages_for(opts.scenario.load)[0]
+    if first.users < opts.workers:
+        raise InputError(
+            f"--max-requests with --workers {opts.workers}: needs at least {opts.workers} users "
+            f"(the first stage has {first.users}), each worker sends its own share of the requests"
+        )
 
 
 def _check_warmup(plan: Plan, failed: list[Any], per_model: int) -> None:

@@ -19,6 +19,7 @@ from harness import thresholds
 from harness.client import policy
 from harness.errors import InputError
 from harness.flavours import EMBEDDED_FLAVOURS
+from harness.workload.config import WorkloadSpec
 
 __all__ = [
     "DEFAULT_PROMPTS",
@@ -322,6 +323,11 @@ class Scenario(_Model):
     retry: RetrySpec = Field(default_factory=RetrySpec)
     connection: ConnectionPolicyField = policy.DEFAULT_CONNECTION_POLICY
     seed: int = Field(0, description="seeds prompt order and lengths: same seed, same request sequence")
+    workload: WorkloadSpec | None = Field(
+        None,
+        description="what each request asks for: exact input/output lengths, a dataset, conversations, "
+        "shared prefixes, a request limit (empty: the prompt set and request.max_tokens, as before)",
+    )
     thresholds: list[str] = Field(
         default_factory=list,
         description="checks METRIC OP NUMBER (e.g. ttft_p95_ms<500) per host, model and stage; "
@@ -424,7 +430,20 @@ def load_scenario(path: Path | None, overrides: dict[str, Any] | None = None) ->
         pf = Path(scenario.prompts_file)
         if not pf.is_absolute():
             scenario = scenario.model_copy(update={"prompts_file": str((path.parent / pf).resolve())})
+    if scenario.workload is not None and path is not None:
+        scenario = scenario.model_copy(update={"workload": _workload_paths(scenario.workload, path.parent)})
     return scenario
+
+
+def _workload_paths(w: WorkloadSpec, base: Path) -> WorkloadSpec:
+    """The workload's dataset and tokenizer paths made absolute, relative to the scenario file (so
+    the plan names the same files whatever folder a Locust process starts in)."""
+    update: dict[str, Any] = {}
+    if w.dataset is not None and not Path(w.dataset.path).is_absolute():
+        update["dataset"] = w.dataset.model_copy(update={"path": str((base / w.dataset.path).resolve())})
+    if w.tokenizer is not None and not Path(w.tokenizer).is_absolute():
+        update["tokenizer"] = str((base / w.tokenizer).resolve())
+    return w.model_copy(update=update) if update else w
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

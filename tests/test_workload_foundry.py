@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
+from harness_helpers import harness, last_line, records
 
 from harness.client import Connection, chat_body
 from harness.client.chat import ChatResult
@@ -129,3 +131,29 @@ def test_calibration_against_the_host_recovers_the_offset(host: ChildHost, tok: 
     assert cal.offset == pytest.approx(w.user_offset, abs=1e-9)
     plain = calibrate(probe)
     assert plain.tokens_per_word > 1.0, "the tiny model's docstring vocabulary splits everyday words"
+
+
+@pytest.mark.slow
+def test_harness_run_sends_exact_input_and_output_lengths(tmp_path: Path) -> None:
+    """`harness run --input-tokens 100 --output-tokens 24` against the embedded Foundry host: the
+    tokenizer is the host's own model folder, and every record's usage is 100 + the template offset
+    the manifest states, and 24."""
+    proc = harness(
+        "run",
+        *("--input-tokens", "100", "--output-tokens", "24", "--max-requests", "6"),
+        *("--users", "2", "--duration", "120s", "--no-report", "--out", str(tmp_path)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    run_dir = Path(last_line(proc.stdout))
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    wl = manifest["workload"]
+    assert wl["counter"] == "tokenizer" and wl["tokenizer"] == str(TINY) and wl["exact_lengths"]
+    offset = wl["template_offset"]
+    assert isinstance(offset, int) and offset > 0
+    recs = [r for r in records(run_dir) if not r["warmup"]]
+    assert len(recs) == 6 == manifest["records"]["locust_counted"]
+    for r in recs:
+        assert r["ok"], r["error_detail"]
+        assert (r["requested_input_tokens"], r["requested_output_tokens"]) == (100, 24)
+        assert r["tokens_source"] == "usage"
+        assert (r["input_tokens"], r["output_tokens"]) == (100 + offset, 24), r["prompt_id"]

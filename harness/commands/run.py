@@ -16,7 +16,62 @@ from harness.client.policy import CONNECTION_POLICIES, POLICY_HELP
 from harness.errors import InputError
 from harness.scenario import Scenario, load_scenario, parse_duration
 
-__all__ = ["add_parser", "scenario_overrides", "with_thresholds"]
+__all__ = ["add_parser", "add_workload_flags", "scenario_overrides", "with_thresholds", "workload_overrides"]
+
+_LENGTHS = "a length or distribution: 256, 128:512 (uniform), normal:256,64, lognormal:256,64, list:64,128"
+
+
+def add_workload_flags(g: Any) -> None:
+    """`--input-tokens`, `--output-tokens`, `--dataset`, `--max-requests`: the scenario's `workload`
+    section from the command line (also used by `harness bench`)."""
+    g.add_argument(
+        "--input-tokens",
+        metavar="LEN",
+        help=f"synthetic prompts of exactly this many tokens, {_LENGTHS}; with --dataset, the prompt lengths kept",
+    )
+    g.add_argument(
+        "--output-tokens", metavar="LEN", help=f"max_tokens per request, {_LENGTHS} (not with --max-tokens)"
+    )
+    g.add_argument(
+        "--dataset",
+        type=Path,
+        metavar="FILE",
+        help="prompts from a local JSONL, CSV, ShareGPT or prompts.json file",
+    )
+    g.add_argument(
+        "--max-requests",
+        type=int,
+        metavar="N",
+        help="stop after exactly N requests over all workers (or at the end of the duration)",
+    )
+
+
+def workload_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The workload flags as dotted scenario keys; a bad value is one line naming its flag."""
+    from harness.workload.lengths import length_option
+
+    o: dict[str, Any] = {}
+    inp, out = getattr(args, "input_tokens", None), getattr(args, "output_tokens", None)
+    if out is not None and getattr(args, "max_tokens", None) is not None:
+        raise InputError(
+            "--max-tokens and --output-tokens: choose one (--output-tokens takes a distribution)"
+        )
+    if inp is not None:
+        o["workload.input_tokens"] = length_option(inp, "--input-tokens").spec
+    if out is not None:
+        o["workload.output_tokens"] = length_option(out, "--output-tokens").spec
+    dataset = getattr(args, "dataset", None)
+    if dataset is not None:
+        if not dataset.is_file():
+            raise InputError(f"--dataset {dataset}: file not found")
+        # Absolute: relative paths in the scenario file are the file's, the flag's are the shell's.
+        o["workload.dataset.path"] = str(dataset.resolve())
+    n = getattr(args, "max_requests", None)
+    if n is not None:
+        if n < 1:
+            raise InputError(f"--max-requests {n}: expected a number of requests of 1 or more")
+        o["workload.max_requests"] = n
+    return o
 
 
 def add_parser(sub: Any) -> None:
@@ -32,6 +87,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--model", action="append", metavar="NAME", help="model id or alias (repeatable)")
     g.add_argument("--connection", choices=CONNECTION_POLICIES, help=f"connection policy ({POLICY_HELP})")
     g.add_argument("--max-tokens", type=int, metavar="N", help="output tokens per request")
+    add_workload_flags(g)
     g = p.add_argument_group("how much load")
     g.add_argument("--users", type=int, metavar="N", help="concurrent users")
     g.add_argument("--spawn-rate", type=float, metavar="R", help="users started per second")
@@ -87,6 +143,7 @@ def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["models"] = list(args.model)
     shape = _load_shape(args)
     o.update(shape)
+    o.update(workload_overrides(args))
     for opt, key in (
         ("users", "load.users"),
         ("spawn_rate", "load.spawn_rate"),

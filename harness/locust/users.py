@@ -27,7 +27,7 @@ import random
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import psutil
 from gevent import GreenletExit
 from locust import User, events, task
 from locust.env import Environment
+from locust.exception import StopUser
 from locust.rpc import Message
 from locust.runners import STATE_MISSING, STATE_STOPPED, MasterRunner, WorkerRunner
 
@@ -50,6 +51,9 @@ from harness.records import Record, worker_id
 from harness.rundir import RunDir, Spool
 from harness.send import Request, Sender
 from harness.shapes import Arrivals, Stage, stage_at
+from harness.workload import Conversation, RequestPool, SessionSpec
+from harness.workload import RequestSpec as WorkItem
+from harness.workload_run import workload_from_plan
 
 __all__ = ["PROCESS", "RECORD_OBSERVERS", "ChatUser", "HarnessProcess", "UserState"]
 
@@ -118,6 +122,28 @@ class UserState:
         self.keys = {i: read_api_key(tg.api_key_env, tg.api_key_file) for i, tg in enumerate(plan.targets)}
         self.worker_index = self._worker_slot(environment)[0]
         self.arrivals = self._arrivals(environment)
+        self.pool: RequestPool | None = None
+        """This process's share of the scenario's workload, built ahead (None: the prompt set)."""
+        self.conversations = 0
+        """Conversations users of this process hold and have not finished."""
+        self.taken = 0
+        self.orphans: deque[tuple[WorkItem | None, Conversation | None]] = deque()
+        """Work a stopped user left (a stage with fewer users): a request taken but never sent, or
+        a conversation's remaining turns; the next user to ask takes it before the pool, so a
+        request limit stays exact."""
+        """Requests taken from the pool and not yet answered (an open-loop one may still wait for
+        its time): the share is not done while any is."""
+        self.done = False
+        """Every request of this process's share is sent and answered (a request limit was met)."""
+        workload = workload_from_plan(plan)
+        if workload is not None:
+            spec = self.scenario.workload
+            assert spec is not None
+            index, count = self._worker_slot(environment)
+            # Built here, when the first user starts: before this process sends anything.
+            self.pool = RequestPool(
+                workload, worker=index, workers=count, max_requests=spec.max_requests, prebuild=spec.prebuild
+            )
         self._greenlets = [gevent.spawn(self._flush_loop), gevent.spawn(self._monitor_loop)]
 
     def _worker_slot(self, environment: Environment) -> tuple[int, int]:
@@ -131,6 +157,18 @@ class UserState:
         return Arrivals(
             self.stages, index=index, count=count, seed=f"{self.scenario.seed}:{self.plan.run_id}"
         )
+
+    def pool_exhausted(self) -> None:
+        """A user found the pool empty: once nothing is in flight and no conversation is open, this
+        process's share is done. Alone, it ends the run; a worker tells the master in its next
+        report, and the master ends the run when every worker is done."""
+        if self.done or self.taken or self.conversations:
+            return
+        self.done = True
+        self.records.flush()
+        if not self.is_worker and self.env.runner is not None:
+            log.info("every request of the workload's limit is sent: stopping")
+            _end_run(self.env, self.env.runner)
 
     # --- clocks and stages
     def elapsed_s(self) -> float:
@@ -237,6 +275,9 @@ class HarnessProcess:
         self.master_final: set[str] = set()
         """Workers whose report since the master's `quit` came after their users had stopped: it
         carried their last records (master only)."""
+        self.master_done: set[str] = set()
+        """Workers that have sent their whole share of a request limit (master only)."""
+        self.master_quitting = False
         self.observers: list[Callable[[dict[str, Any]], None]] = []
         """Called with every measured record (as a dict) in the process that sees them all: the single
         process of a local run, or the master. The web UI's live LLM figures subscribe here."""
@@ -302,6 +343,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
             # Once this worker's users have stopped, this report carries its last records.
             data["harness_final"] = runner.state == STATE_STOPPED
             st = PROCESS.users
+            if st is not None and st.done:
+                data["harness_done"] = True
             if st is not None:
                 if st.unsent:
                     data["harness_records"], st.unsent = st.unsent, []
@@ -331,6 +374,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
                 PROCESS.master_final.add(client_id)
             else:
                 PROCESS.master_final.discard(client_id)
+            if data.get("harness_done"):
+                _worker_done(environment, runner, client_id)
             lines = data.get("harness_records")
             if lines:
                 for line in lines:
@@ -340,6 +385,23 @@ def _on_init(environment: Environment, **_: Any) -> None:
                 PROCESS.master_counts[client_id] = PROCESS.master_counts.get(client_id, 0) + len(lines)
             for line in data.get("harness_client") or []:
                 client.append(orjson.loads(line))
+
+
+def _worker_done(environment: Environment, runner: MasterRunner, client_id: str) -> None:
+    """A worker has sent (and reported) its whole share of a request limit: when every worker has,
+    the run is over. Its report carried its last records, so none is lost by quitting now."""
+    PROCESS.master_done.add(client_id)
+    live = {c.id for c in runner.clients.all if c.state != STATE_MISSING}
+    if live and live <= PROCESS.master_done and not PROCESS.master_quitting:
+        PROCESS.master_quitting = True
+        log.info("every worker has sent its share of the request limit: stopping")
+        _end_run(environment, runner)
+
+
+def _end_run(environment: Environment, runner: Any) -> None:
+    """A request limit was met: a headless run quits (the orchestrator then counts the records);
+    a web UI session stops the test and stays up, as after its Stop button."""
+    gevent.spawn(runner.stop if environment.web_ui is not None else runner.quit)
 
 
 def _master_quit(environment: Environment, runner: MasterRunner) -> None:
@@ -460,6 +522,11 @@ class ChatUser(User):
         self.rng = random.Random(f"{sc.seed}:{st.worker_index}:{st.user_index}")
         self.prompts = st.plan.prompts
         self.connect_failures = 0
+        self.conv: Conversation | None = None
+        self.unsent: WorkItem | None = None
+        """The request taken and not yet sent (an open-loop one waits for its time)."""
+        self.awaiting_reply = False
+        """The conversation this user holds (a workload with conversations)."""
         # Locust starts a batch of users at once each second; without a random first wait they
         # would send, and with fixed lengths keep sending, in lock-step (the first wave inflates the
         # tail: the report's "first wave" diagnostic). Open-loop users wait for their arrivals instead.
@@ -467,6 +534,7 @@ class ChatUser(User):
             gevent.sleep(self.rng.uniform(0, sc.load.stagger))
 
     def on_stop(self) -> None:
+        self._hand_back()
         self.conn.close()
 
     @task
@@ -484,10 +552,31 @@ class ChatUser(User):
                 return
             at_s, stage = arrival
             sched_unix_ns = st.t0_unix_ns + int(at_s * 1e9)
-            wait = (sched_unix_ns - time.time_ns()) / 1e9
-            if wait > 0:
-                gevent.sleep(wait)
-        self._send(stage, sched_unix_ns)
+        item = None
+        if st.pool is not None:
+            item = self._next_item()
+            if item is None:  # this process's share of the request limit is sent
+                st.pool_exhausted()
+                raise StopUser()
+        if item is not None:
+            st.taken += 1
+            self.unsent = item
+            self.awaiting_reply = self.conv is not None
+        try:
+            if sched_unix_ns is not None:
+                wait = (sched_unix_ns - time.time_ns()) / 1e9
+                if wait > 0:
+                    gevent.sleep(wait)
+            res = self._send(stage, sched_unix_ns, item)
+        finally:
+            if item is not None:
+                st.taken -= 1
+        if self.conv is not None:
+            # The host's actual answer is the next turn's history (a failed turn: an empty one).
+            self.conv.add_reply(res.text if res.ok else None)
+            self.awaiting_reply = False
+        if st.pool is not None:
+            st.pool.refill()  # between sends, never inside one
         if self.connect_failures:
             # A host that is down answers at once; back off (50 ms doubling to 1 s) instead of
             # hammering it and flooding the records, as any real client would.
@@ -498,36 +587,108 @@ class ChatUser(User):
             if pause:
                 gevent.sleep(pause)
 
-    def _send(self, stage: Stage, sched_unix_ns: int | None) -> None:
+    def _next_item(self) -> WorkItem | None:
+        """The next request of the workload: the held conversation's next turn, else the pool's next
+        item (a request, or a conversation to hold); None when the pool is exhausted."""
+        st = self.h
+        assert st.pool is not None
+        if self.conv is not None:
+            if not self.conv.done:
+                return self.conv.next_request()
+            self._drop_conversation()
+        while st.orphans:
+            item, conv = st.orphans.popleft()
+            self.conv = conv  # still counted in st.conversations
+            if item is not None:
+                return item
+            if conv is not None and not conv.done:
+                return conv.next_request()
+            self._drop_conversation()
+        while (item := st.pool.take()) is not None:
+            if not isinstance(item, SessionSpec):
+                return item
+            if item.turns:
+                self.conv = Conversation(item)
+                st.conversations += 1
+                return self.conv.next_request()
+        return None
+
+    def _hand_back(self) -> None:
+        """A stopping user leaves its unsent request or its conversation's remaining turns to the
+        process's other users (a turn cut mid-stream was recorded as `stopped`: it counts as sent)."""
+        st = self.h
+        conv, self.conv = self.conv, None
+        if self.unsent is not None:
+            st.orphans.append((self.unsent, conv))
+            self.unsent = None
+        elif conv is not None:
+            if self.awaiting_reply:
+                conv.add_reply(None)
+            if conv.done:
+                st.conversations -= 1
+            else:
+                st.orphans.append((None, conv))
+        self.awaiting_reply = False
+
+    def _drop_conversation(self) -> None:
+        if self.conv is not None:
+            self.conv = None
+            self.h.conversations -= 1
+
+    def _send(self, stage: Stage, sched_unix_ns: int | None, item: WorkItem | None = None) -> ChatResult:
         st = self.h
         rq = st.scenario.request
         retry = st.scenario.retry
-        prompt = self.rng.choice(self.prompts)
-        model = self.rng.choice(self.target.models)
-        mt = prompt.get("max_tokens") or rq.max_tokens
-        max_tokens = mt if isinstance(mt, int) else self.rng.randint(mt[0], mt[1])
+        keep_text = rq.keep_text
+        body_extra = rq.extra
+        fields: dict[str, Any] = {}
+        if item is None:
+            prompt = self.rng.choice(self.prompts)
+            model = self.rng.choice(self.target.models)
+            mt = prompt.get("max_tokens") or rq.max_tokens
+            max_tokens = mt if isinstance(mt, int) else self.rng.randint(mt[0], mt[1])
+            prompt_id, messages = prompt["id"], prompt["messages"]
+        else:
+            # By the item's global index: the same request goes to the same model whichever
+            # worker sends it (a conversation's turns all go to one model).
+            model = self.target.models[item.index % len(self.target.models)]
+            prompt_id, messages, max_tokens = item.prompt_id, item.messages, item.max_tokens
+            if item.extra_body:
+                body_extra = {**rq.extra, **item.extra_body}
+            fields = {
+                "session_id": item.session_id,
+                "turn": item.turn,
+                "requested_input_tokens": item.requested_input_tokens,
+                "requested_output_tokens": item.requested_output_tokens,
+                "shared_prefix_tokens": item.prefix_tokens,
+            }
+            # A conversation feeds the answer back: the client must keep its text.
+            keep_text = keep_text or item.session_id is not None
         inflight_key = (self.target.url, model)
         prev_seq: int | None = None
+        res = ChatResult()
         for attempt in range(retry.max_retries + 1):
             req = Request(
                 host=self.target.url,
                 model=model,
-                prompt_id=prompt["id"],
-                messages=prompt["messages"],
+                prompt_id=prompt_id,
+                messages=messages,
                 max_tokens=max_tokens,
                 temperature=rq.temperature,
                 stream=rq.stream,
-                body_extra=rq.extra,
-                keep_text=rq.keep_text,
+                body_extra=body_extra,
+                keep_text=keep_text,
                 stage=stage.name,
                 sched_unix_ns=sched_unix_ns,
                 users=st.env.runner.user_count if st.env.runner else 0,
                 # Every attempt was sent, so every attempt is a record, linked to the one before.
                 tags={"attempt": attempt, "retry_of": prev_seq} if attempt else None,
+                **fields,
             )
             res = ChatResult()
             st.inflight += 1
             st.inflight_by[inflight_key] += 1
+            self.unsent = None  # from here on a stop leaves a `stopped` record: it was sent
             try:
                 # A stop mid-stream (GreenletExit) is recorded as `stopped` by the sender, then raised.
                 rec = st.sender.send(self.conn, req, result=res)
@@ -540,8 +701,9 @@ class ChatUser(User):
                 st.first_token_watch = self.conn.first_token_watch
             prev_seq = rec.seq
             if res.error != "http_429" or retry.on_429 != "retry" or attempt == retry.max_retries:
-                return
+                return res
             # The retry honours Retry-After.
             wait = res.retry_after_s if res.retry_after_s is not None else retry.backoff_s * 2**attempt
             gevent.sleep(min(wait, retry.max_backoff_s))
             sched_unix_ns = None
+        return res
