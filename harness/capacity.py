@@ -19,7 +19,8 @@ interval is on the good side of the limit, *fails* when the whole interval is on
 *unclear* otherwise; a metric the bootstrap does not cover (e.g. `goodput_ratio`) is judged on its
 value alone. A step fails when any SLO fails, passes when all hold, else is unclear: the caller then
 extends it by another segment at the same level (pooled with the first), up to a cap; a step still
-unclear at the cap counts as failing (capacity is the load at which the SLOs *clearly* hold).
+unclear at the cap is decided on its pooled values (`decide_on_values`), and says so
+(`unclear_at_cap` in capacity.json): the extensions narrowed the interval as far as the cap allows.
 
 Goodput of a step: requests per second that succeeded and met every per-request latency SLO (the
 `ttft`/`ttfb`/`tpot`/`e2e` limits taken per request).
@@ -37,7 +38,17 @@ from harness import thresholds
 from harness.errors import InputError
 from harness.thresholds import OPS, Threshold
 
-__all__ = ["FAIL", "PASS", "UNCLEAR", "Search", "SloJudgement", "StepJudgement", "judge", "verdict_of"]
+__all__ = [
+    "FAIL",
+    "PASS",
+    "UNCLEAR",
+    "Search",
+    "SloJudgement",
+    "StepJudgement",
+    "decide_on_values",
+    "judge",
+    "verdict_of",
+]
 
 PASS, FAIL, UNCLEAR = "pass", "fail", "unclear"
 _PER_REQUEST = {"ttft_ms", "ttfb_ms", "tpot_ms", "e2e_ms"}
@@ -148,6 +159,11 @@ def verdict_of(t: Threshold, value: float | None, low: float | None, high: float
     if not ok(low, t.limit) and not ok(high, t.limit):
         return FAIL
     return UNCLEAR
+
+
+def decide_on_values(step: StepJudgement) -> str:
+    """A step still unclear after its last extension: each SLO judged on its pooled value alone."""
+    return PASS if all(j.value is not None and OPS[j.op](j.value, j.limit) for j in step.slos) else FAIL
 
 
 def step_verdict(verdicts: Sequence[str]) -> str:

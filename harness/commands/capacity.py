@@ -157,7 +157,7 @@ def _level_name(mode: str, level: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import harness.capacity as method
-    from harness.capacity import FAIL, PASS, UNCLEAR, Search, judge
+    from harness.capacity import FAIL, PASS, UNCLEAR, Search, decide_on_values, judge
     from harness.rundir import machine, make_run_dir, new_run_id, utc, versions, write_json
     from harness.runner import RunOptions, execute_run, options_to_flags
     from harness.servers.ready import ChildHost, start_child_host
@@ -289,8 +289,11 @@ def run(args: argparse.Namespace) -> int:
                     if judged is None or judged.verdict != UNCLEAR:
                         break
                 verdict = judged.verdict if judged else FAIL
-                step["verdict"] = verdict if verdict != UNCLEAR else FAIL
                 step["unclear_at_cap"] = verdict == UNCLEAR
+                if judged and verdict == UNCLEAR:
+                    # Extended as far as allowed and still not clear: the pooled value decides.
+                    verdict = decide_on_values(judged)
+                step["verdict"] = verdict
                 step["judgement"] = judged.to_dict() if judged else None
                 if judged:
                     target["key"] = judged.key
@@ -353,7 +356,9 @@ def _step_row(mode: str, n: int, step: dict[str, Any]) -> str:
     for s in j.get("slos", []):
         ci = f" [{_fmt(s['ci_low'])}–{_fmt(s['ci_high'])}]" if s["ci_low"] is not None else ""
         parts.append(f"{s['metric']} {_fmt(s['value'])}{ci} {s['verdict']}")
-    tail = f"{step['verdict']}" + (" (unclear at the cap)" if step.get("unclear_at_cap") else "")
+    tail = f"{step['verdict']}" + (
+        " (unclear at the cap: judged on its value)" if step.get("unclear_at_cap") else ""
+    )
     segs = len(step["segments"])
     return "  ".join(parts) + f"  -> {tail}  ({segs} segment{'s' if segs > 1 else ''})"
 

@@ -230,7 +230,7 @@ def _rows(doc: dict[str, Any], t: dict[str, Any]) -> tuple[list[str], list[list[
         j = s.get("judgement") or {}
         cells = [
             _lv(doc, s["level"]),
-            s["verdict"] + (" (unclear at cap)" if s.get("unclear_at_cap") else ""),
+            s["verdict"] + (" (unclear at cap: by value)" if s.get("unclear_at_cap") else ""),
             str(len(s.get("segments", []))),
             str(j.get("requests", "-")),
             *(
