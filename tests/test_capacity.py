@@ -3,7 +3,7 @@
 in TTFT), the capacity run folder, its report in headless Chromium, and bad input. The search logic
 itself is unit-tested on a known boundary.
 
-Expectations derive from the sim's configured timing: unqueued TTFT is 60 ms, so `ttft_p95_ms<100`
+Expectations derive from the sim's configured timing: unqueued TTFT is 60 ms, so `ttft_p95_ms<110`
 holds with up to 3 users and fails with 4 (the 4th user's request waits for a slot: a third of a
 150 ms request on average); open loop with constant arrivals, the host serves at most 3 requests per
 request duration, the duration measured here from the search's own first (unqueued) step.
@@ -26,7 +26,7 @@ from harness.thresholds import parse
 
 N = 3
 TTFT_MS, ITL_MS, TOKENS = 60, 10, 10
-SLO = "ttft_p95_ms<100"
+SLO = "ttft_p95_ms<110"
 
 
 def scenario(tmp: Path, url: str) -> Path:
@@ -141,7 +141,14 @@ def test_users_search_returns_exactly_the_hosts_concurrency(
 def test_rate_search_returns_the_hosts_throughput(tmp_path: Path) -> None:
     with sim_host("--max-concurrency", str(N), "--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS)) as host:
         proc, took = capacity(
-            scenario(tmp_path, host.base_url), tmp_path / "out", "--mode", "rate", "--start", "12"
+            scenario(tmp_path, host.base_url),
+            tmp_path / "out",
+            "--mode",
+            "rate",
+            "--start",
+            "12",
+            "--max-extensions",
+            "1",
         )
         stats = sim_stats(host.base_url)
     assert proc.returncode == 0, proc.stderr
@@ -203,6 +210,18 @@ def test_capacity_report_draws_the_knee_and_the_slo_line(
     assert knees == 1
     (target,) = doc(cap_dir)["targets"]
     assert len(bars) == len(target["steps"]) and all(h > 0 for h in bars[:1])
+
+
+@pytest.mark.slow
+def test_time_budget_ends_the_search_with_the_bracket_so_far(tmp_path: Path) -> None:
+    """A budget with room for one step: the search stops after it and says so; the answer is what
+    that step showed (1 user holds, the boundary not reached)."""
+    with sim_host("--max-concurrency", str(N), "--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS)) as host:
+        proc, _ = capacity(scenario(tmp_path, host.base_url), tmp_path / "out", "--budget", "5s")
+    assert proc.returncode == 0, proc.stderr
+    (target,) = doc(tmp_path / "out" / "c")["targets"]
+    assert [s["level"] for s in target["steps"]] == [1] and target["budget_ended"] is True
+    assert "at least 1 users (no failing level reached)" in proc.stdout and "time budget ended" in proc.stdout
 
 
 def test_bad_slo_syntax_exits_2_with_one_line(tmp_path: Path) -> None:

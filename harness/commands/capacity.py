@@ -386,6 +386,8 @@ def _answer_line(mode: str, target: dict[str, Any]) -> str:
             if s["value"] is not None:
                 extra += f", {s['metric']} {s['value']:,.4g}"
         extra += " at the limit"
+    if hi is None:
+        return f"{who}: at least {_level_num(mode, lo)} {unit} (no failing level reached){extra}{budget}"
     return f"{who}: {_level_num(mode, lo)} {unit} ({_level_num(mode, lo)}–{hi_text}){extra}{budget}"
 
 

@@ -67,6 +67,8 @@ def answer_lines(doc: dict[str, Any]) -> list[str]:
         lo, hi = a.get("highest_passing"), a.get("lowest_failing")
         if not lo:
             out.append(f"{_who(t)}: no load level met the SLOs")
+        elif hi is None:
+            out.append(f"{_who(t)}: at least {_lv(doc, lo)} {_unit(doc)} (no failing level reached)")
         else:
             out.append(f"{_who(t)}: {_lv(doc, lo)} {_unit(doc)} ({_lv(doc, lo)}–{_lv(doc, hi)})")
     return out
