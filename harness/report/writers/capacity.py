@@ -163,7 +163,7 @@ def knee_chart(doc: dict[str, Any], t: dict[str, Any], slo_index: int) -> str:
             parts.append(
                 f'<line class="ci" stroke="{PALETTE[0]}" x1="{cx:.1f}" x2="{cx:.1f}" y1="{sy(lo):.1f}" y2="{sy(hi):.1f}"/>'
             )
-        colour = PALETTE[2] if s["verdict"] == "pass" else PALETTE[5]
+        colour = PALETTE[2] if s.get("verdict") == "pass" else PALETTE[5]
         parts.append(
             f'<circle class="step {s["verdict"]}" cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{colour}">'
             f"<title>{escape(_lv(doc, s['level']))} {_unit(doc)}: {y:.4g} ({s['verdict']})</title></circle>"
@@ -210,7 +210,7 @@ def goodput_chart(doc: dict[str, Any], t: dict[str, Any]) -> str:
             )
         parts.append(
             f'<text class="tick" x="{x + w / 2:.1f}" y="{_H - _B + 16}" text-anchor="middle">'
-            f"{escape(_lv(doc, s['level']))}{'' if s['verdict'] == 'pass' else ' ✗'}</text>"
+            f"{escape(_lv(doc, s['level']))}{'' if s.get('verdict') == 'pass' else ' ✗'}</text>"
         )
     parts.append(f'<line class="axis" x1="{_L}" x2="{_W - _R}" y1="{_H - _B}" y2="{_H - _B}"/>')
     parts.append(f'<line class="axis" x1="{_L}" x2="{_L}" y1="{_T}" y2="{_H - _B}"/>')
@@ -232,7 +232,8 @@ def _rows(doc: dict[str, Any], t: dict[str, Any]) -> tuple[list[str], list[list[
         j = s.get("judgement") or {}
         cells = [
             _lv(doc, s["level"]),
-            s["verdict"] + (" (unclear at cap: by value)" if s.get("unclear_at_cap") else ""),
+            (s.get("verdict") or "not judged")
+            + (" (unclear at cap: by value)" if s.get("unclear_at_cap") else ""),
             str(len(s.get("segments", []))),
             str(j.get("requests", "-")),
             *(
