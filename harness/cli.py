@@ -25,6 +25,7 @@ COMMANDS = {
     "serve": "harness.commands.serve",
     "report": "harness.commands.report",
     "compare": "harness.commands.compare",
+    "capacity": "harness.commands.capacity",
     "query": "harness.commands.query",
     "hosts": "harness.commands.hosts",
     "bench": "harness.commands.bench",

@@ -6,6 +6,7 @@ Timing bounds here are loose on purpose (shared, noisy machine); exact timing be
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import signal
@@ -410,6 +411,33 @@ def test_max_concurrency_queues_fifo_and_queue_time_is_ttft() -> None:
         assert r2.first_byte - t2 < first_duration
         assert r2.content_times()[0] - t2 >= first_duration
         assert s.stats()["max_in_flight"] == 2
+
+
+def test_max_concurrency_serves_n_at_once_and_counts_the_queue() -> None:
+    """Five requests at once against `--max-concurrency 3`: three generate, two wait FIFO for a
+    slot (their first token only after a first stream ended); the host counts both."""
+    with sim_proc("--max-concurrency", "3", ttft_ms=40.0, itl_ms=10.0) as s:
+        clients = [client(s) for _ in range(5)]
+        with contextlib.ExitStack() as stack:
+            cs = [stack.enter_context(c) for c in clients]
+            sent = [c.send("POST", "/v1/chat/completions", chat(n=5)) for c in cs]
+            box: dict[int, Response] = {}
+            readers = [
+                threading.Thread(target=lambda i=i: box.__setitem__(i, cs[i].response(sent[i])))
+                for i in range(5)
+            ]
+            for t in readers:
+                t.start()
+            for t in readers:
+                t.join(10)
+        assert len(box) == 5 and all(r.complete for r in box.values())
+        firsts = sorted(box[i].content_times()[0] - sent[i] for i in range(5))
+        shortest_stream = min(box[i].content_times()[-1] - sent[i] for i in range(5))
+        # Three start at once; the last two wait for a slot: their TTFT includes a whole stream.
+        assert firsts[2] < shortest_stream <= firsts[3]
+        stats = s.stats()
+        assert stats["max_generating"] == 3 and stats["queued_total"] == 2 and stats["max_queued"] == 2
+        assert stats["generating"] == 0 and stats["queued"] == 0 and stats["max_in_flight"] == 5
 
 
 def test_client_gone_mid_stream_frees_its_slot() -> None:

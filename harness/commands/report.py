@@ -71,7 +71,15 @@ def split_list(value: str | None) -> list[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     from harness.report import build
+    from harness.report.writers import capacity
 
+    if len(args.run_dirs) == 1 and capacity.is_capacity_dir(args.run_dirs[0]):
+        # A capacity run folder (`harness capacity`): its own report, from capacity.json.
+        files = capacity.write(args.run_dirs[0], args.out)
+        print("\n".join(capacity.answer_lines(orjson_load(args.run_dirs[0] / capacity.CAPACITY_FILE))))
+        print(f"wrote {', '.join(p.name for p in files)}")
+        print(args.out or args.run_dirs[0])
+        return 0
     if args.recover:
         from harness.recover import recover_run, spool_files
 
@@ -116,6 +124,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"harness: {line}", file=sys.stderr)
         return CheckFailed.exit_code
     return 0
+
+
+def orjson_load(path: Path) -> dict[str, Any]:
+    from harness.rundir import read_json
+
+    return read_json(path, "a capacity search")
 
 
 def default_out_dir(kind: str) -> Path:

@@ -12,7 +12,9 @@ Wire format of a streamed reply (one HTTP chunk per event, TCP_NODELAY on unless
   usage chunk (`choices: []`) only when `stream_options.include_usage` is true, then `data: [DONE]`.
 Jitter (`--jitter-ms J`) adds a uniform draw in [-J, +J] to every gap (TTFT and each ITL, never
 below 0). With `--max-concurrency N` at most N replies generate at once; the others wait FIFO
-after their role chunk went out, so queueing shows up as TTFT, as on a single-stream host.
+after their role chunk went out, so queueing shows up as TTFT, as on a single-stream host;
+`/sim/stats` counts it: `generating` and `queued` now, `max_generating` and `max_queued` at most,
+`queued_total` replies that had to wait for a slot.
 
 Faults (probabilities drawn independently, in a fixed order, from one generator seeded by
 `--seed`; a response carrying any shows them in `x-sim-fault: kind[,kind...]` where headers are
@@ -395,7 +397,10 @@ class _Sim:
             "in_flight": 0,
             "max_in_flight": 0,
             "generating": 0,
+            "max_generating": 0,
             "queued": 0,
+            "queued_total": 0,
+            "max_queued": 0,
             "connections": 0,
             "open_connections": 0,
         }
@@ -469,12 +474,16 @@ class _Sim:
 
     def admit(self, reply: _Reply) -> None:
         limit = self.config.max_concurrency
+        stats = self.stats
         if limit and self.active >= limit:
             self.waiting.append(reply)
-            self.stats["queued"] = len(self.waiting)
+            stats["queued"] = len(self.waiting)
+            stats["queued_total"] += 1
+            stats["max_queued"] = max(stats["max_queued"], stats["queued"])
             return
         self.active += 1
-        self.stats["generating"] = self.active
+        stats["generating"] = self.active
+        stats["max_generating"] = max(stats["max_generating"], self.active)
         reply.start(time.monotonic_ns())
 
     def release(self) -> None:
@@ -488,6 +497,7 @@ class _Sim:
             reply.start(time.monotonic_ns())
             break
         self.stats["generating"] = self.active
+        self.stats["max_generating"] = max(self.stats["max_generating"], self.active)
         self.stats["queued"] = len(self.waiting)
 
     def stats_snapshot(self) -> dict[str, Any]:
