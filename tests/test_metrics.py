@@ -116,3 +116,35 @@ def test_small_per_request_metrics() -> None:
         np.array([True, True, False]), np.array([10.0, 10.0, 10.0]), np.array([10.0, 11.0, 11.0])
     )
     assert mismatch.tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pooled_int_dist_raw_and_counting_parts_merge_exactly(seed: int) -> None:
+    """Small parts stay raw, large ones count: any mix merges into the exact `dist` of the union."""
+    rng = np.random.default_rng(100 + seed)
+    parts, pooled = [], []
+    for i in range(int(rng.integers(1, 30))):
+        top = 40 if i == 0 else int(rng.choice([40, 5000]))  # a small range makes a part start counting early
+        values = rng.integers(-5, top, 300 if i == 0 else int(rng.integers(0, 300)))
+        one = metrics.PooledIntDist(dense_limit=4000, raw_limit=int(rng.integers(1, 200)))
+        for chunk in np.array_split(values, 3):
+            one.add(chunk)
+        parts.append(values)
+        pooled.append(one)
+    assert (pooled[0].counts.size and any(p.counts.size == 0 for p in pooled[1:])) or len(pooled) == 1
+    merged = metrics.PooledIntDist.merge(pooled)
+    union = np.concatenate(parts)
+    assert merged.dist() == pytest.approx(metrics.dist(union))
+    assert merged.dist()["count"] == union.size
+
+
+def test_pooled_int_dist_memory_follows_the_smaller_of_samples_and_range() -> None:
+    """A few samples stay raw (no count array per group); many samples of a small range count."""
+    few = metrics.PooledIntDist()
+    few.add(np.array([50_000, 60_000, 70_000]))
+    assert few.counts.size == 0 and sum(a.size for a in few.others) == 3
+    many = metrics.PooledIntDist(raw_limit=1000)
+    for _ in range(10):
+        many.add(np.full(500, 7))
+    assert many.counts.size == 8 and many.others == []
+    assert many.dist()["p50"] == 7 and many.dist()["count"] == 5000

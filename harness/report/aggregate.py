@@ -202,7 +202,7 @@ class Summarizer:
         pooled = {i: given[i] if i in given else self._itl(groupings[i]) for i in itl}
         if overall and 0 in pooled:
             parts = pooled[0]
-            pooled[len(groupings)] = [sum(parts[1:], parts[0]) if parts else metrics.PooledIntDist()]
+            pooled[len(groupings)] = [metrics.PooledIntDist.merge(parts)]
         for i, rows in enumerate(out):
             for j, row in enumerate(rows):
                 d = dists[i][j]
