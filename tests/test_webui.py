@@ -606,7 +606,8 @@ def test_llm_tab_charts_draw_the_live_series_of_the_records(tmp_path: Path) -> N
                     """() => { const d = [...document.querySelectorAll(
                         '#harness-llm-charts svg[data-chart=tps] path')].map(p => p.getAttribute('d'));
                       return d.length === 3 && d.every(x => x.split('L').length >= 4); }""",
-                    timeout=90_000,
+                    # generous: the workers start and warm up first, on a loaded CI machine too
+                    timeout=240_000,
                 )
                 first = page.evaluate(_READ_CHARTS)
                 points1 = _check_drawing(first, received[first[0]["generated"]])
@@ -614,7 +615,7 @@ def test_llm_tab_charts_draw_the_live_series_of_the_records(tmp_path: Path) -> N
                 page.wait_for_function(
                     f"""() => [...document.querySelectorAll('#harness-llm-charts svg[data-chart=tps]')]
                           .some(s => Number(s.dataset.generated) > {first[0]["generated"]} + 6)""",
-                    timeout=30_000,
+                    timeout=120_000,
                 )
                 second = page.evaluate(_READ_CHARTS)
                 live = received[second[0]["generated"]]
@@ -635,7 +636,7 @@ def test_llm_tab_charts_draw_the_live_series_of_the_records(tmp_path: Path) -> N
                 # nothing is in flight, and the bins those records ended in are complete.
                 settled: dict[str, Any] = {}
                 stable_at = math.inf
-                deadline = time.monotonic() + 60
+                deadline = time.monotonic() + 180
                 while time.monotonic() < deadline:
                     page.wait_for_timeout(1000)
                     with urllib.request.urlopen(url + "llm/stats.json", timeout=10) as resp:
@@ -684,11 +685,13 @@ def test_llm_tab_charts_draw_the_live_series_of_the_records(tmp_path: Path) -> N
                 _group_name(g),
                 key,
             )
-        # What the page drew while the test ran: the same bins, but for records of the last few
-        # seconds that a worker had not reported yet.
+        # What the page drew while the test ran: the same bins, but for records a worker had not
+        # reported yet. A bin's records then are a subset of its records now, so a bin with as many
+        # requests is the same records, and every value of it must be equal.
         lg = next(x for x in live["groups"] if _group_name(x) == _group_name(g))
-        old = [i for i, t in enumerate(lg["series"]["t_s"]) if since + t < live["window_hi_unix"] - 5]
-        assert len(old) >= 2
+        assert lg["series"]["t_s"] == s["t_s"][: len(lg["series"]["t_s"])]
+        same = [i for i, n in enumerate(lg["series"]["requests"]) if n == s["requests"][i]]
+        assert len(same) >= 2, (lg["series"]["requests"], s["requests"])
         for key in want:
-            assert [lg["series"][key][i] for i in old] == [s[key][i] for i in old], (_group_name(g), key)
+            assert [lg["series"][key][i] for i in same] == [s[key][i] for i in same], (_group_name(g), key)
         assert all(a <= b for a, b in zip(lg["series"]["requests"], s["requests"], strict=False))
