@@ -188,8 +188,10 @@ class _Group:
         self.last_end_s = -math.inf
         self.recent: deque[_Rec] = deque()
         self.bins: dict[int, _Bin] = {}
-        self._series: list[tuple[float | None, ...]] = []
-        """Values of the complete bins (`SERIES_KEYS` order), kept; `_dirty` bins got records since."""
+        self._t: list[float | None] = []
+        self._columns: dict[str, list[float | None]] = {k: [] for k in SERIES_KEYS}
+        """`t_s` and the values of the complete bins, kept (copied per poll, never rebuilt: the
+        event loop that serves the UI times the requests); `_dirty` bins got records since."""
         self._dirty: set[int] = set()
 
     def add(self, rec: _Rec, sent_s: float, bin_index: int) -> None:
@@ -213,7 +215,7 @@ class _Group:
         b = self.bins.get(bin_index)
         if b is None:
             b = self.bins[bin_index] = _Bin()
-        if 0 <= bin_index < len(self._series):
+        if 0 <= bin_index < len(self._t):
             self._dirty.add(bin_index)
         b.requests += 1
         if rec.ok:
@@ -240,21 +242,20 @@ class _Group:
     def series(self, complete_bins: int, bin_s: float) -> dict[str, list[float | None]]:
         """`t_s` and each of `SERIES_KEYS` for every complete bin; a bin's values are computed once
         (again only when a late record lands in it)."""
-        if complete_bins < len(self._series):  # the clock went back: start over
-            self._series, self._dirty = [], set()
+        if complete_bins < len(self._t):  # the clock went back: start over
+            self._t, self._dirty = [], set()
+            self._columns = {k: [] for k in SERIES_KEYS}
+        columns = [self._columns[k] for k in SERIES_KEYS]
         for i in sorted(self._dirty):
-            self._series[i] = self.bins[i].values(bin_s)
+            for column, v in zip(columns, self.bins[i].values(bin_s), strict=True):
+                column[i] = v
         self._dirty.clear()
-        for i in range(len(self._series), complete_bins):
+        for i in range(len(self._t), complete_bins):
             b = self.bins.get(i)
-            self._series.append(b.values(bin_s) if b else _EMPTY_BIN)
-        out: dict[str, list[float | None]] = {
-            "t_s": [round((i + 1) * bin_s, 3) for i in range(complete_bins)]
-        }
-        columns = list(zip(*self._series, strict=True)) if self._series else [()] * len(SERIES_KEYS)
-        for key, column in zip(SERIES_KEYS, columns, strict=True):
-            out[key] = list(column)
-        return out
+            for column, v in zip(columns, b.values(bin_s) if b else _EMPTY_BIN, strict=True):
+                column.append(v)
+            self._t.append(round((i + 1) * bin_s, 3))
+        return {"t_s": list(self._t)} | {k: list(c) for k, c in self._columns.items()}
 
     def window(self, lo: float, hi: float, seconds: float) -> Span:
         span = Span(seconds=seconds)
