@@ -12,8 +12,10 @@ Per (host, model), and over all of them:
 - **now**: the same figures over the records that *ended* in the last `window_s` seconds; tokens/s
   divides by the window (or by the time since start, while that is shorter). On a master, whose
   workers send records every few seconds, the window ends `lag_s` before now so it is complete.
-- **series**: `bin_s`-second bins (by end time, from the start): output tokens/s and TTFT p95 per
-  bin, for the charts; only bins that are over (and, on a master, reported) are shown.
+- **series**: `bin_s`-second bins (by end time, from the start), for the live charts: per bin the
+  requests that ended, the errors among them, output tokens/s (Σ output tokens of its successful
+  requests / `bin_s`) and TTFT p50/p95 (exact, over its successful requests); only bins that are
+  over (and, on a master, reported) are shown.
 
 Never Locust's histograms: those round response times and cannot be merged exactly.
 """
@@ -30,10 +32,10 @@ from typing import Any
 
 __all__ = [
     "ALL",
+    "SERIES_KEYS",
     "LiveFigures",
     "Span",
     "percentile",
-    "sparkline",
     "table_rows",
     "table_structure",
 ]
@@ -41,7 +43,8 @@ __all__ = [
 #: Group key of the row over every host and model.
 ALL = ("", "")
 
-_BLOCKS = "▁▂▃▄▅▆▇█"
+#: The per-bin values of a group's `series` (besides `t_s`, each bin's end in s since the start).
+SERIES_KEYS = ("requests", "errors", "tokens_per_s", "ttft_p50_ms", "ttft_p95_ms")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -54,21 +57,6 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     lo = math.floor(h)
     hi = min(lo + 1, n - 1)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (h - lo)
-
-
-def sparkline(values: Sequence[float | None]) -> str:
-    """A text chart, one block per value, scaled from 0 to the largest; a gap for no value."""
-    present = [v for v in values if v is not None]
-    top = max(present) if present else 0.0
-    out = []
-    for v in values:
-        if v is None:
-            out.append(" ")
-        elif top <= 0:
-            out.append(_BLOCKS[0])
-        else:
-            out.append(_BLOCKS[min(len(_BLOCKS) - 1, int(v / top * (len(_BLOCKS) - 1) + 0.5))])
-    return "".join(out)
 
 
 @dataclass
@@ -162,19 +150,27 @@ class _SortedValues:
 
 @dataclass
 class _Bin:
+    requests: int = 0
+    errors: int = 0
     tokens: int = 0
     ttft: list[float] = field(default_factory=list)
-    _p95: float | None = None
-    _p95_of: int = 0
-    """How many TTFTs `_p95` was computed from: a late record makes it stale."""
 
-    def ttft_p95(self) -> float | None:
-        # Cached, so a long test does not sort every bin at every poll (the event loop that
-        # serves the UI is the one that times the requests).
-        if self._p95_of != len(self.ttft):
-            self._p95 = percentile(sorted(self.ttft), 95)
-            self._p95_of = len(self.ttft)
-        return self._p95
+    def values(self, bin_s: float) -> tuple[float | None, ...]:
+        """This bin's values in `SERIES_KEYS` order. The group keeps them once the bin is over (again
+        only when a late record lands in it), so a long test does not sort every bin at every poll
+        (the event loop that serves the UI is the one that times the requests)."""
+        ttft = sorted(self.ttft)
+        return (
+            self.requests,
+            self.errors,
+            self.tokens / bin_s,
+            percentile(ttft, 50),
+            percentile(ttft, 95),
+        )
+
+
+#: The values of a bin no record ended in.
+_EMPTY_BIN = (0, 0, 0.0, None, None)
 
 
 class _Group:
@@ -192,9 +188,10 @@ class _Group:
         self.last_end_s = -math.inf
         self.recent: deque[_Rec] = deque()
         self.bins: dict[int, _Bin] = {}
-        self._tps: list[float] = []
-        self._p95: list[float | None] = []
-        """Series values of the complete bins, kept; `_dirty` bins got records since computed."""
+        self._t: list[float | None] = []
+        self._columns: dict[str, list[float | None]] = {k: [] for k in SERIES_KEYS}
+        """`t_s` and the values of the complete bins, kept (copied per poll, never rebuilt: the
+        event loop that serves the UI times the requests); `_dirty` bins got records since."""
         self._dirty: set[int] = set()
 
     def add(self, rec: _Rec, sent_s: float, bin_index: int) -> None:
@@ -218,12 +215,15 @@ class _Group:
         b = self.bins.get(bin_index)
         if b is None:
             b = self.bins[bin_index] = _Bin()
-        if 0 <= bin_index < len(self._tps):
+        if 0 <= bin_index < len(self._t):
             self._dirty.add(bin_index)
+        b.requests += 1
         if rec.ok:
             b.tokens += rec.tokens
             if rec.ttft_ms is not None:
                 b.ttft.append(rec.ttft_ms)
+        else:
+            b.errors += 1
 
     def total(self) -> Span:
         seconds = self.last_end_s - self.first_sent_s if self.requests else None
@@ -240,20 +240,22 @@ class _Group:
         )
 
     def series(self, complete_bins: int, bin_s: float) -> dict[str, list[float | None]]:
-        """Output tokens/s and TTFT p95 of each complete bin; computed once per bin (again only
-        when a late record lands in it)."""
-        if complete_bins < len(self._tps):  # the clock went back: start over
-            self._tps, self._p95, self._dirty = [], [], set()
+        """`t_s` and each of `SERIES_KEYS` for every complete bin; a bin's values are computed once
+        (again only when a late record lands in it)."""
+        if complete_bins < len(self._t):  # the clock went back: start over
+            self._t, self._dirty = [], set()
+            self._columns = {k: [] for k in SERIES_KEYS}
+        columns = [self._columns[k] for k in SERIES_KEYS]
         for i in sorted(self._dirty):
-            late = self.bins[i]
-            self._tps[i], self._p95[i] = late.tokens / bin_s, late.ttft_p95()
+            for column, v in zip(columns, self.bins[i].values(bin_s), strict=True):
+                column[i] = v
         self._dirty.clear()
-        for i in range(len(self._tps), complete_bins):
+        for i in range(len(self._t), complete_bins):
             b = self.bins.get(i)
-            self._tps.append(b.tokens / bin_s if b else 0.0)
-            self._p95.append(b.ttft_p95() if b else None)
-        t: list[float | None] = [round((i + 1) * bin_s, 3) for i in range(complete_bins)]
-        return {"t_s": t, "tokens_per_s": list(self._tps), "ttft_p95_ms": list(self._p95)}
+            for column, v in zip(columns, b.values(bin_s) if b else _EMPTY_BIN, strict=True):
+                column.append(v)
+            self._t.append(round((i + 1) * bin_s, 3))
+        return {"t_s": list(self._t)} | {k: list(c) for k, c in self._columns.items()}
 
     def window(self, lo: float, hi: float, seconds: float) -> Span:
         span = Span(seconds=seconds)
@@ -403,12 +405,7 @@ _COLUMNS = (
     ("tpotP50", "TPOT p50 ms"),
     ("tokensPerS", "output tok/s"),
     ("errors", "errors by category"),
-    ("tokensChart", "tok/s chart"),
-    ("ttftChart", "TTFT p95 chart"),
 )
-
-#: Bars in a chart cell.
-CHART_BARS = 30
 
 
 def table_structure() -> list[dict[str, str]]:
@@ -424,30 +421,9 @@ def _errors_text(errors: Mapping[str, int]) -> str:
     return f"{n}: " + ", ".join(f"{k} {v}" for k, v in errors.items()) if n else "0"
 
 
-def _chart_text(values: Sequence[float | None], unit: str) -> str:
-    present = [v for v in values if v is not None]
-    if not present:
-        return ""
-    return f"{sparkline(values)} max {max(present):.0f}{unit}"
-
-
-def _buckets(
-    values: Sequence[float | None], n: int, how: Callable[[list[float]], float]
-) -> list[float | None]:
-    """At most n values: consecutive values merged by `how` (None where a bucket has none)."""
-    if len(values) <= n:
-        return list(values)
-    size = math.ceil(len(values) / n)
-    out: list[float | None] = []
-    for i in range(0, len(values), size):
-        chunk = [v for v in values[i : i + size] if v is not None]
-        out.append(how(chunk) if chunk else None)
-    return out
-
-
 def table_rows(snapshot: Mapping[str, Any], *, clock_format: Callable[[float], str]) -> list[dict[str, Any]]:
-    """Two rows per group: "now" (the window, with in-flight requests and the last bins as a chart)
-    and "since start" (with the whole test's bins merged into the chart)."""
+    """Two rows per group: "now" (the window, with in-flight requests) and "since start". The charts
+    under the table are drawn in the browser from `/llm/stats.json`'s series (`assets/webui/llm.js`)."""
     lag = snapshot["lag_s"]
     now_label = f"last {snapshot['window_s']:g} s" + (f", to {lag:g} s ago" if lag else "")
     verb = "since start" if snapshot["since_reason"] == "start" else "since reset"
@@ -459,19 +435,8 @@ def table_rows(snapshot: Mapping[str, Any], *, clock_format: Callable[[float], s
         if single and g["all"]:
             continue
         name = "∑ all hosts and models" if g["all"] else f"{g['model']} @ {g['label']}"
-        series = g["series"]
-        tps, p95 = series["tokens_per_s"], series["ttft_p95_ms"]
-        charts = {
-            "now": (tps[-CHART_BARS:], p95[-CHART_BARS:]),
-            # Merging bins: tokens/s averages; TTFT p95 shows the worst bin (no exact p95 of bins).
-            "total": (
-                _buckets(tps, CHART_BARS, lambda c: sum(c) / len(c)),
-                _buckets(p95, CHART_BARS, max),
-            ),
-        }
         for span_key, label in (("now", now_label), ("total", since_label)):
             s = g[span_key]
-            tok_chart, ttft_chart = charts[span_key]
             rows.append(
                 {
                     "name": name,
@@ -483,8 +448,6 @@ def table_rows(snapshot: Mapping[str, Any], *, clock_format: Callable[[float], s
                     "tpotP50": _r(s["tpot_p50_ms"], 2),
                     "tokensPerS": _r(s["tokens_per_s"], 1),
                     "errors": _errors_text(s["errors"]),
-                    "tokensChart": _chart_text(tok_chart, " tok/s"),
-                    "ttftChart": _chart_text(ttft_chart, " ms"),
                 }
             )
     return rows

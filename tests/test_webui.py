@@ -27,7 +27,6 @@ from harness.webui_figures import (
     _SortedValues,
     percentile,
     records_figures,
-    sparkline,
     table_rows,
 )
 from harness.webui_report import snapshot
@@ -170,12 +169,24 @@ def test_live_figures_since_start_window_and_bins() -> None:
     # bins: 5 s by end time, only the complete ones (12 of them at 61 s)
     series = g["series"]
     assert series["t_s"] == [5.0 * (i + 1) for i in range(12)]
+    assert set(series) == {"t_s", "requests", "errors", "tokens_per_s", "ttft_p50_ms", "ttft_p95_ms"}
+
+    def end_s(r: dict[str, Any]) -> float:
+        return float(r["sent_unix_ns"] / 1e9 + (r["e2e_ms"] or 0) / 1000)
+
     for i in range(12):
-        in_bin = [
-            r for r in ok if T0 + 5 * i <= r["sent_unix_ns"] / 1e9 + r["e2e_ms"] / 1000 < T0 + 5 * (i + 1)
-        ]
-        assert series["tokens_per_s"][i] == pytest.approx(32 * len(in_bin) / 5)
-        assert series["ttft_p95_ms"][i] == pytest.approx(np_pct([r["ttft_ms"] for r in in_bin], 95))
+        in_bin = [r for r in mine if T0 + 5 * i <= end_s(r) < T0 + 5 * (i + 1)]
+        ok_in_bin = [r for r in in_bin if r["ok"]]
+        assert series["requests"][i] == len(in_bin)
+        assert series["errors"][i] == len(in_bin) - len(ok_in_bin)
+        assert series["tokens_per_s"][i] == pytest.approx(32 * len(ok_in_bin) / 5)
+        assert series["ttft_p50_ms"][i] == pytest.approx(np_pct([r["ttft_ms"] for r in ok_in_bin], 50))
+        assert series["ttft_p95_ms"][i] == pytest.approx(np_pct([r["ttft_ms"] for r in ok_in_bin], 95))
+    assert sum(series["errors"]) == sum(total["errors"].values())  # every failure ended in some bin
+    # m2's last request ended at 48.1 s: its last bin has no TTFT (a gap in the chart), zero tokens/s
+    m2_series = groups[("http://a/v1", "m2")]["series"]
+    assert m2_series["requests"][-3:] == [1, 0, 0] and m2_series["tokens_per_s"][-1] == 0.0
+    assert m2_series["ttft_p95_ms"][-2:] == [None, None] and m2_series["ttft_p50_ms"][-3] == 109.0
 
 
 def test_window_on_a_master_ends_before_now_and_starts_at_the_start() -> None:
@@ -197,12 +208,17 @@ def test_window_on_a_master_ends_before_now_and_starts_at_the_start() -> None:
     g = next(x for x in live.snapshot(None)["groups"] if x["model"] == "m")
     assert g["series"]["tokens_per_s"] == [pytest.approx(60 / 5)]
     assert g["series"]["ttft_p95_ms"] == [pytest.approx(np_pct([10, 11, 12, 13, 14, 500], 95))]
+    assert g["series"]["ttft_p50_ms"] == [pytest.approx(np_pct([10, 11, 12, 13, 14, 500], 50))]
+    assert g["series"]["requests"] == [6] and g["series"]["errors"] == [0]
+    live.observe(rec("h", "m", T0 + 1.0, 100.0, error="http_5xx"))
+    g = next(x for x in live.snapshot(None)["groups"] if x["model"] == "m")
+    assert g["series"]["requests"] == [7] and g["series"]["errors"] == [1]
     live.reset(reason="reset")
     (only,) = live.snapshot(None)["groups"]
     assert only["all"] and only["total"]["requests"] == 0 and only["series"]["t_s"] == []
 
 
-def test_table_rows_two_per_group_with_text_charts() -> None:
+def test_table_rows_two_per_group() -> None:
     now = [T0]
     live = LiveFigures(window_s=20, bin_s=5, clock=lambda: now[0])
     live.labels = {"http://a/v1": "a", "http://b/v1": "b"}
@@ -223,20 +239,22 @@ def test_table_rows_two_per_group_with_text_charts() -> None:
     assert a_total["requests"] == 60 and a_total["ttftP50"] == pytest.approx(79.5)
     assert b_total["errors"] == "1: timeout 1" and b_now["errors"] == "0" and a_total["errors"] == "0"
     assert all_now["inflight"] == 1 and all_total["inflight"] is None
-    # 12 complete bins; tokens/s rises with i, so the chart ends on its tallest block
-    bars, top = a_now["tokensChart"].split(" max ")
-    assert len(bars) == 12 and bars.endswith("█") and top.endswith(" tok/s")
-    assert a_now["ttftChart"].endswith(" ms")
+    # the charts are drawn in the browser from the series, not as text in the table
+    assert set(a_now) == {
+        "name",
+        "span",
+        "requests",
+        "inflight",
+        "ttftP50",
+        "ttftP95",
+        "tpotP50",
+        "tokensPerS",
+        "errors",
+    }
     # one host and one model: no sum rows
     live2 = LiveFigures(clock=lambda: now[0])
     live2.observe(rec("h", "m", T0, 10.0, ttft=5.0, tokens=2))
     assert len(table_rows(live2.snapshot(None), clock_format=str)) == 2
-
-
-def test_sparkline_scales_from_zero_to_the_largest() -> None:
-    assert sparkline([0, 50, 100, None]) == "▁▅█ "
-    assert sparkline([0.0, 0.0]) == "▁▁"
-    assert sparkline([]) == ""
 
 
 def test_form_texts() -> None:
@@ -360,7 +378,9 @@ def test_llm_tab_in_a_real_browser_matches_the_records(tmp_path: Path) -> None:
                 # The live page with the SVG charts, linked from the "Download Data" tab.
                 charts = browser.new_page(viewport={"width": 1300, "height": 900})
                 charts.goto(url + "llm")
-                charts.wait_for_function("() => document.querySelectorAll('#tps path').length > 0")
+                charts.wait_for_function(
+                    "() => document.querySelectorAll('#charts svg[data-chart=tps] path').length > 0"
+                )
                 assert name in charts.inner_text("#table")
                 charts.screenshot(path=str(ARTIFACTS / "webui-llm-page.png"), full_page=True)
                 charts.close()
@@ -385,7 +405,6 @@ def test_llm_tab_in_a_real_browser_matches_the_records(tmp_path: Path) -> None:
     assert n >= 20
     assert 0 <= int(now["in flight"]) <= 3
     assert since["errors by category"] == "0"
-    assert "max" in since["tok/s chart"] and since["TTFT p95 chart"].endswith(" ms")
 
     # What the tab showed is what the records say: the first n measured records (the order the
     # observer saw them in is the order the single Locust process wrote them).
@@ -447,3 +466,232 @@ def test_command_line_choices_reach_local_worker_processes(tmp_path: Path) -> No
     assert {r["output_tokens"] for r in recs if r["ok"]} == {5}
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("harness: host ") and "nope" in bad.stderr
+
+
+# --- the LLM tab's charts in a real browser -------------------------------------------------
+_SCALES = ("x0", "x1", "y0", "y1", "tmax", "vmax", "generated", "since")
+#: The series each chart draws, one line per group and key.
+_CHART_KEYS = {"ttft": ("ttft_p95_ms", "ttft_p50_ms"), "tps": ("tokens_per_s",), "errors": ("errors",)}
+
+_READ_CHARTS = """() => {
+  const box = document.getElementById('harness-llm-charts');
+  if (!box) return null;
+  return [...box.querySelectorAll('svg[data-chart]')].map(svg => {
+    const r = svg.getBoundingClientRect();
+    const out = {chart: svg.dataset.chart, width: r.width, height: r.height, paths: []};
+    for (const k of SCALES) out[k] = Number(svg.dataset[k]);
+    for (const p of svg.querySelectorAll('path[data-key]'))
+      out.paths.push({group: p.dataset.group, key: p.dataset.key, d: p.getAttribute('d')});
+    return out;
+  });
+}""".replace("SCALES", orjson.dumps(_SCALES).decode())
+
+
+def _group_name(g: dict[str, Any]) -> str:
+    return "∑ all hosts and models" if g["all"] else f"{g['model']} @ {g['label']}"
+
+
+def _drawn_points(d: str) -> list[tuple[float, float]]:
+    import re
+
+    return [(float(x), float(y)) for x, y in re.findall(r"[ML](-?[\d.]+),(-?[\d.]+)", d)]
+
+
+def _check_drawing(charts: list[dict[str, Any]], stats: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """Every line drawn is its series in `stats` (the /llm/stats.json the page drew from): one path
+    per group and key, one point per bin with a value, each point read back through the chart's
+    scales equal to (bin end, value) to 0.01 px. Returns the points per (chart, key) of the sum."""
+    groups = [g for g in stats["groups"] if not g["all"]]
+    if len(groups) > 1:
+        groups = stats["groups"]
+    points: dict[tuple[str, str], int] = {}
+    assert sorted(c["chart"] for c in charts) == sorted(_CHART_KEYS)
+    for c in charts:
+        assert c["width"] > 200 and c["height"] > 100, c
+        assert c["generated"] == stats["generated_unix"] and c["since"] == stats["since_unix"]
+        px_t = c["tmax"] / (c["x1"] - c["x0"])
+        px_v = c["vmax"] / (c["y0"] - c["y1"])
+        drawn = {(p["group"], p["key"]): _drawn_points(p["d"]) for p in c["paths"]}
+        expected = set()
+        for g in groups:
+            s = g["series"]
+            for key in _CHART_KEYS[c["chart"]]:
+                want = [(t, v) for t, v in zip(s["t_s"], s[key], strict=True) if v is not None]
+                if not want:
+                    continue
+                expected.add((_group_name(g), key))
+                got = drawn[(_group_name(g), key)]
+                assert len(got) == len(want), (c["chart"], key, len(got), len(want))
+                for (x, y), (t, v) in zip(got, want, strict=True):
+                    assert (x - c["x0"]) * px_t == pytest.approx(t, abs=0.01 * px_t)
+                    assert (c["y0"] - y) * px_v == pytest.approx(v, abs=0.01 * px_v)
+                if g["all"] or len(groups) == 1:
+                    points[(c["chart"], key)] = len(got)
+        assert set(drawn) == expected, (c["chart"], set(drawn) ^ expected)
+    return points
+
+
+def _series_of_records(
+    measured: list[dict[str, Any]], since: float, bin_s: float, bins: int
+) -> dict[str, list[Any]]:
+    """A group's series computed directly from its records: the reference for /llm/stats.json."""
+    by_bin: list[list[dict[str, Any]]] = [[] for _ in range(bins)]
+    for r in measured:
+        i = math.floor((r["sent_unix_ns"] / 1e9 + (r["e2e_ms"] or 0) / 1000 - since) / bin_s)
+        if 0 <= i < bins:
+            by_bin[i].append(r)
+    out: dict[str, list[Any]] = {
+        k: [] for k in ("requests", "errors", "tokens_per_s", "ttft_p50_ms", "ttft_p95_ms")
+    }
+    for recs in by_bin:
+        ok = [r for r in recs if r["ok"]]
+        ttft = [r["ttft_ms"] for r in ok if r["ttft_ms"] is not None]
+        out["requests"].append(len(recs))
+        out["errors"].append(len(recs) - len(ok))
+        out["tokens_per_s"].append(sum(r["output_tokens"] or 0 for r in ok) / bin_s)
+        out["ttft_p50_ms"].append(np_pct(ttft, 50) if ttft else None)
+        out["ttft_p95_ms"].append(np_pct(ttft, 95) if ttft else None)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_llm_tab_charts_draw_the_live_series_of_the_records(tmp_path: Path) -> None:
+    """`harness run --web --workers 2`, two models, 10 % of requests failing: the LLM tab of Locust's
+    page draws TTFT p50/p95, output tokens/s and errors over time per host and model; every drawn
+    point is the value of the /llm/stats.json the page fetched, the lines grow while the test runs,
+    and the series of stats.json are those of the records, merged from both workers."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium (make system-deps)")
+    if importlib.util.find_spec("playwright") is None:
+        pytest.skip("needs playwright (pip install -e '.[test]')")
+    from playwright.sync_api import Route, sync_playwright
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    received: dict[float, dict[str, Any]] = {}
+
+    def capture(route: Route) -> None:
+        # What the page gets is what it draws from: keep every stats.json it received.
+        resp = route.fetch()
+        body = orjson.loads(resp.body())
+        received[body["generated_unix"]] = body
+        route.fulfill(response=resp)
+
+    with sim_host("--ttft-ms", "20", "--itl-ms", "2", "--jitter-ms", "5", "--fault-500", "0.1") as sim:
+        models = sim.models[:2]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", "run", "--web", "--web-port", str(port), "--host", sim.base_url]
+            + ["--model", models[0], "--model", models[1], "--workers", "2", "--max-tokens", "12"]
+            + ["--out", str(tmp_path), "--run-id", "charts1"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            _wait_http(url, proc)
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1700, "height": 1000})
+                page.route("**/llm/stats.json", capture)
+                page.goto(url)
+                page.fill("input[name=userCount]", "4")
+                page.fill("input[name=spawnRate]", "4")
+                page.get_by_role("button", name="Start").click()
+                page.get_by_role("tab", name="LLM").click()
+                # Lines of a few bins for the sum of both models, errors among them.
+                page.wait_for_function(
+                    """() => { const d = [...document.querySelectorAll(
+                        '#harness-llm-charts svg[data-chart=tps] path')].map(p => p.getAttribute('d'));
+                      return d.length === 3 && d.every(x => x.split('L').length >= 4); }""",
+                    # generous: the workers start and warm up first, on a loaded CI machine too
+                    timeout=240_000,
+                )
+                first = page.evaluate(_READ_CHARTS)
+                points1 = _check_drawing(first, received[first[0]["generated"]])
+                # Live: a later poll draws more bins.
+                page.wait_for_function(
+                    f"""() => [...document.querySelectorAll('#harness-llm-charts svg[data-chart=tps]')]
+                          .some(s => Number(s.dataset.generated) > {first[0]["generated"]} + 6)""",
+                    timeout=120_000,
+                )
+                second = page.evaluate(_READ_CHARTS)
+                live = received[second[0]["generated"]]
+                points2 = _check_drawing(second, live)
+                assert points2[("tps", "tokens_per_s")] > points1[("tps", "tokens_per_s")]
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "webui-llm-tab-charts.png"), full_page=True)
+                # Only under the LLM tab.
+                page.get_by_role("tab", name="Charts").click()
+                page.wait_for_timeout(600)
+                assert page.evaluate(_READ_CHARTS) is None
+                page.get_by_role("tab", name="LLM").click()
+                page.wait_for_function(
+                    "() => document.querySelector('#harness-llm-charts svg path') !== null"
+                )
+                page.get_by_role("button", name="Stop").click()
+                # Settled: the master has every worker's last records (they come with the stop),
+                # nothing is in flight, and the bins those records ended in are complete.
+                settled: dict[str, Any] = {}
+                stable_at = math.inf
+                deadline = time.monotonic() + 180
+                while time.monotonic() < deadline:
+                    page.wait_for_timeout(1000)
+                    with urllib.request.urlopen(url + "llm/stats.json", timeout=10) as resp:
+                        now = orjson.loads(resp.read())
+                    quiet = now["groups"][-1]["inflight"] == 0
+                    if quiet and settled and now["records"] == settled["records"]:
+                        stable_at = min(stable_at, settled["generated_unix"])
+                    else:
+                        stable_at = math.inf
+                    settled = now
+                    if now["window_hi_unix"] >= stable_at + now["bin_s"]:
+                        break
+                browser.close()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+    assert out.strip(), (proc.returncode, err[-3000:])
+    run_dir = Path(last_line(out))
+    assert run_dir == tmp_path / "charts1", err
+
+    measured = [r for r in records(run_dir) if not r["warmup"]]
+    assert len({r["worker"] for r in measured}) == 2  # merged from both workers
+    assert settled["records"] == len(measured)
+    assert sum(not r["ok"] for r in measured) >= 3 and {r["error"] for r in measured if not r["ok"]} <= {
+        "http_5xx",
+        "stopped",
+    }
+    since, bin_s = settled["since_unix"], settled["bin_s"]
+    by_name = {_group_name(g): g for g in settled["groups"]}
+    assert len(by_name) == 3
+    for g in settled["groups"]:
+        mine = [r for r in measured if g["all"] or (r["host"], r["model"]) == (g["host"], g["model"])]
+        s = g["series"]
+        bins = len(s["t_s"])
+        assert s["t_s"] == [pytest.approx((i + 1) * bin_s) for i in range(bins)]
+        want = _series_of_records(mine, since, bin_s, bins)
+        ends = [r["sent_unix_ns"] / 1e9 + (r["e2e_ms"] or 0) / 1000 - since for r in mine]
+        assert sum(want["requests"]) == len(mine), (
+            min(ends),
+            max(ends),
+            bins,
+            settled["window_hi_unix"] - since,
+        )
+        for key, values in want.items():
+            assert s[key] == [None if v is None else pytest.approx(v, rel=1e-9) for v in values], (
+                _group_name(g),
+                key,
+            )
+        # What the page drew while the test ran: the same bins, but for records a worker had not
+        # reported yet. A bin's records then are a subset of its records now, so a bin with as many
+        # requests is the same records, and every value of it must be equal.
+        lg = next(x for x in live["groups"] if _group_name(x) == _group_name(g))
+        assert lg["series"]["t_s"] == s["t_s"][: len(lg["series"]["t_s"])]
+        same = [i for i, n in enumerate(lg["series"]["requests"]) if n == s["requests"][i]]
+        assert len(same) >= 2, (lg["series"]["requests"], s["requests"])
+        for key in want:
+            assert [lg["series"][key][i] for i in same] == [s[key][i] for i in same], (_group_name(g), key)
+        assert all(a <= b for a, b in zip(lg["series"]["requests"], s["requests"], strict=False))

@@ -5,11 +5,14 @@ Owns, through Locust's supported extension points (listeners on `init`, `test_st
 
 - the **LLM tab** (`extended_tabs` + `extended_tables`; its rows ride on `/stats/requests` as
   `extended_stats`): per host and model, TTFT p50/p95, TPOT p50, output tokens/s, requests in
-  flight, errors by category and text charts of tokens/s and TTFT p95, "now" (a sliding window)
-  and since start. `harness.webui_figures` computes them from the raw records it receives through
+  flight and errors by category, "now" (a sliding window) and since start; under the table, live
+  charts over time (TTFT p50/p95, output tokens/s, errors) per host and model, drawn in the
+  browser by `assets/webui/llm.js` (added to Locust's page) from `/llm/stats.json`'s series.
+  `harness.webui_figures` computes all of them from the raw records it receives through
   `harness.locust.users.PROCESS.observers` (the single process, or the master) — never from
   Locust's rounded histograms;
-- routes `/llm` (the same figures with SVG charts), `/llm/stats.json`, `/llm/records.jsonl` (the
+- routes `/llm` (the same figures and charts on a page of their own), `/llm/llm.js`,
+  `/llm/stats.json`, `/llm/records.jsonl` (the
   run folder's records so far) and `/llm/report.html` (the report of the records so far, built by
   `harness.webui_report` in a child process), linked from the "Download Data" tab
   (`extended_csv_files`);
@@ -68,6 +71,8 @@ WORKER_REPORT_INTERVAL_S = 3.0
 
 OPTIONS = ("llm_hosts", "llm_models", "llm_max_tokens", "llm_prompts_file")
 ASSETS = Path(__file__).parent.parent / "assets" / "webui"
+#: Added to Locust's page: the LLM tab's live charts (`assets/webui/llm.js`).
+CHARTS_TAG = b'<script src="./llm/llm.js" defer></script>'
 
 
 # --- the scenario's choices ----------------------------------------------------------------
@@ -471,6 +476,22 @@ def _install_web_ui(environment: Environment, plan: Plan) -> None:
         response.set_data(json.dumps(data))
         return response
 
+    @app.after_request
+    def _add_charts(response: Response) -> Response:
+        # Locust's LLM tab can only hold a table (`extended_tables`); this script draws the live
+        # charts under it. Its page is the one route that serves `index.html`.
+        if (
+            request.path != f"{prefix}/"
+            or response.status_code != 200
+            or response.mimetype != "text/html"
+            or response.direct_passthrough
+        ):
+            return response
+        page = response.get_data()
+        if CHARTS_TAG not in page and b"</body>" in page:
+            response.set_data(page.replace(b"</body>", CHARTS_TAG + b"\n</body>", 1))
+        return response
+
     @app.before_request
     def _apply_form() -> Response | None:
         if request.path != f"{prefix}/swarm" or request.method != "POST":
@@ -501,6 +522,13 @@ def _install_web_ui(environment: Environment, plan: Plan) -> None:
     def llm_page() -> Response:
         resp = make_response((ASSETS / "llm.html").read_bytes())
         resp.headers["Content-Type"] = "text/html; charset=utf-8"
+        return resp
+
+    @route("/llm/llm.js")
+    def llm_charts_js() -> Response:
+        resp = make_response((ASSETS / "llm.js").read_bytes())
+        resp.headers["Content-Type"] = "text/javascript; charset=utf-8"
+        resp.headers["Cache-Control"] = "no-cache"
         return resp
 
     @route("/llm/stats.json")
