@@ -8,6 +8,9 @@ shown on the terminal (the tiny model loads in well under a second)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -17,7 +20,7 @@ from typing import Any
 import pytest
 
 from harness.errors import HostError
-from harness.servers.ready import MOVED_BYTES, ChildHost, StartWatch, start_child_command
+from harness.servers.ready import MOVED_BYTES, PROGRESS_ENV, ChildHost, StartWatch, start_child_command
 
 
 class Clock:
@@ -146,3 +149,17 @@ def test_foundry_host_reports_its_model_load(tmp_path: Path) -> None:
         assert 0 <= done["elapsed_s"] < 60
     finally:
         host.stop()
+
+
+def test_foundry_stdout_is_the_ready_line_alone_unless_asked() -> None:
+    """The contract: `serve` prints one JSON line on stdout; progress lines only for a parent that asks."""
+    env = {k: v for k, v in os.environ.items() if k != PROGRESS_ENV}
+    cmd = [sys.executable, "-m", "harness", "serve", "foundry", "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith(b'{"ready": true'), first
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
