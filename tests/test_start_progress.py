@@ -8,6 +8,7 @@ shown on the terminal (the tiny model loads in well under a second)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -163,3 +164,41 @@ def test_foundry_stdout_is_the_ready_line_alone_unless_asked() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+
+
+class SlowModel:
+    """A stand-in for an SDK model whose load takes 2.5 s and grows the process by 8 MiB a step."""
+
+    def __init__(self) -> None:
+        self.held: list[bytearray] = []
+
+    def load(self) -> None:
+        for _ in range(5):
+            self.held.append(bytearray(os.urandom(8 * MOVED_BYTES)))  # touched pages: resident
+            time.sleep(0.5)
+
+
+def test_a_long_load_reports_growing_memory_each_second_and_is_shown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.servers.foundry import _load
+
+    monkeypatch.setenv(PROGRESS_ENV, "1")
+    _load(SlowModel(), "slow:1")
+    out, err = capsys.readouterr()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0]["state"] == "start" and events[-1]["state"] == "done"
+    running = [e for e in events if e["state"] == "running"]
+    assert len(running) >= 2
+    # What a waiting parent makes of them: each running report moved (memory grew by a step).
+    clock = Clock()
+    watch = StartWatch("foundry", 60, clock=clock)
+    for e in events:
+        before = watch.deadline()
+        clock.t += 1
+        watch.progress(e)
+        assert watch.deadline() > before, e
+    assert events[-1]["rss_bytes"] - events[0]["rss_bytes"] >= 30 * MOVED_BYTES
+    assert 2.4 <= events[-1]["elapsed_s"] < 30
+    # Over SHOW_AFTER_S: the person at the terminal is told.
+    assert "foundry: loaded slow:1: " in err and "resident" in err
