@@ -414,7 +414,8 @@ class Progress:
         # Warm-up records are already in records.jsonl: the load's records come after them.
         self.records = JsonlTail(records, from_end=True)
         self.samples = JsonlTail(client_metrics, from_end=True)
-        self.state = ProgressState(clock())
+        # Records are kept only as long as a window may still need them (a worker's batch is late).
+        self.state = ProgressState(clock(), keep_s=self.interval_s + lag_s + 30.0)
         self.printed = 0
         """Windows printed (lines mode)."""
         self._stop = threading.Event()
