@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,7 +55,7 @@ LIMITS = {"ttft_p50": 1.0, "ttft_p99": 3.0, "tpot_p50": 0.5}
 
 
 def harness_run(
-    host: ChildHost, users: int, args: argparse.Namespace, out: Path, run_id: str
+    host: ChildHost, users: int, args: argparse.Namespace, out: Path, run_id: str, progress: bool = True
 ) -> dict[str, Any]:
     """One `harness run`; returns its figures (latency errors in ms, counts) and CPU use."""
     cmd = [sys.executable, "-m", "harness", "run", "--host", host.base_url]
@@ -68,12 +69,18 @@ def harness_run(
     ]
     cmd += ["--stop-timeout", "10s", "--max-tokens", str(TOKENS), "--out", str(out), "--run-id", run_id]
     cmd += ["--no-report"]
+    if not progress:
+        cmd += ["--quiet"]
     sim = psutil.Process(host.pid)
     c0 = sim.cpu_times()
+    k0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.duration_s + 180)
     wall = time.monotonic() - t0
     c1 = sim.cpu_times()
+    k1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # `harness run` and its Locust child, both on the client CPU (the progress display included).
+    client_cpu_s = (k1.ru_utime + k1.ru_stime) - (k0.ru_utime + k0.ru_stime)
     run_dir = out / run_id
     if not (run_dir / "records.jsonl").exists():
         raise SystemExit(
@@ -101,6 +108,11 @@ def harness_run(
         "stopped": sum(1 for r in records if r.get("error") == "stopped"),
         "errors": sum(1 for r in records if not r["ok"]),
         "sim_cpu": 100 * ((c1.user + c1.system) - (c0.user + c0.system)) / wall,
+        "client_cpu_ms_per_request": 1000 * client_cpu_s / len(records) if records else math.nan,
+        "progress_cpu_ms": 1000 * (_manifest(run_dir).get("progress_cpu_s") or 0.0),
+        "progress_lines": sum(
+            1 for line in proc.stderr.splitlines() if line.startswith("harness: progress ")
+        ),
         "stderr": proc.stderr[-600:] if proc.returncode else "",
     }
     ok = [r for r in records if r["ok"] and r.get("ttft_ms") is not None]
@@ -123,6 +135,11 @@ def harness_run(
         res[f"{label}ttft_p99"] = float(np.percentile(ttft, 99))
         res[f"{label}tpot_p50"] = float(np.percentile(tpot, 50)) if len(tpot) else math.nan
     return res
+
+
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "manifest.json"
+    return orjson.loads(path.read_bytes()) if path.exists() else {}
 
 
 def floor_p99(host: ChildHost, users: int, seconds: float, work: Path) -> float:
@@ -162,11 +179,23 @@ def main() -> int:
     p.add_argument("--client-cpu", type=int, default=1)
     p.add_argument("--json", type=Path, help="also write every run's figures here")
     p.add_argument("--keep", action="store_true", help="keep all run folders (failing ones are always kept)")
+    p.add_argument(
+        "--progress",
+        choices=("on", "off", "both"),
+        default="on",
+        help="harness run's live progress (plain lines, stderr is a pipe): on (the default, as users "
+        "get it), off (--quiet), or both, alternating, side by side in one run",
+    )
     a = p.parse_args()
     a.duration_s = a.duration_s or (12.0 if a.quick else 25.0)
     a.repeats = a.repeats or (1 if a.quick else 3)
     floor = not (a.no_floor or a.quick)
-    levels = [int(u) for u in a.users.split(",")]
+    modes = {"on": [True], "off": [False], "both": [True, False]}[a.progress]
+    # (users, progress on): with --progress both, each user count runs with and without, in turn.
+    levels = [(int(u), on) for u in a.users.split(",") for on in modes]
+
+    def label(n: int, on: bool) -> str:
+        return f"{n}" if len(modes) == 1 else f"{n}/{'on' if on else 'off'}"
 
     os.sched_setaffinity(0, {a.client_cpu})  # harness run and its Locust child inherit this CPU
     work = Path(tempfile.mkdtemp(prefix="bench_accuracy-"))
@@ -178,21 +207,23 @@ def main() -> int:
     )
     host = start_child_host("sim", ["--port", "0", "--ttft-ms", f"{TTFT_MS:g}", "--itl-ms", f"{ITL_MS:g}"])
     os.sched_setaffinity(host.pid, {a.server_cpu})
-    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in levels}
-    floors: dict[int, list[float]] = {n: [] for n in levels}
+    runs: dict[tuple[int, bool], list[dict[str, Any]]] = {lv: [] for lv in levels}
+    floors: dict[tuple[int, bool], list[float]] = {lv: [] for lv in levels}
     try:
         for rep in range(a.repeats):
-            for n in levels:
+            for n, on in levels:
+                lv = (n, on)
                 if floor:
-                    floors[n].append(floor_p99(host, n, 8.0, work))
-                r = harness_run(host, n, a, work / "runs", f"acc-u{n}-r{rep}")
-                runs[n].append(r)
+                    floors[lv].append(floor_p99(host, n, 8.0, work))
+                r = harness_run(host, n, a, work / "runs", f"acc-u{n}-r{rep}-p{int(on)}", progress=on)
+                runs[lv].append(r)
                 print(
-                    f"  [{rep + 1}/{a.repeats}] {n:>4} users: {r['records']} records, Locust counted "
+                    f"  [{rep + 1}/{a.repeats}] {label(n, on):>6} users: {r['records']} records, Locust counted "
                     f"{r['locust_counted']}, exit {r['exit_code']}; TTFT err p50 {_f(r.get('ttft_p50', math.nan), '+.2f')}"
                     f" p99 {_f(r.get('ttft_p99', math.nan), '+.2f')} ms, TPOT err p50 "
                     f"{_f(r.get('tpot_p50', math.nan), '+.3f')} ms, sim CPU {r['sim_cpu']:.0f}%"
-                    + (f", floor p99 {floors[n][-1]:+.2f} ms" if floor else ""),
+                    + f", client CPU {r['client_cpu_ms_per_request']:.2f} ms/request, {r['progress_lines']} progress lines ({r['progress_cpu_ms']:.1f} ms CPU)"
+                    + (f", floor p99 {floors[lv][-1]:+.2f} ms" if floor else ""),
                     flush=True,
                 )
                 if r["stderr"]:
@@ -205,38 +236,49 @@ def main() -> int:
         f"users/{a.spawn_rate:g} + {a.trim_s:g} s; median of {a.repeats} run(s)"
     )
     head = (
-        f"{'users':>5} {'records':>8} {'counted':>8} {'stopped':>7} {'n trim':>7} {'TTFT p50':>9} {'TTFT p99':>9} "
-        f"{'p99 all':>8} {'TPOT p50':>9} {'floor p99':>9} {'bunched':>7} {'if spread':>9}  verdict"
+        f"{'users':>6} {'records':>8} {'counted':>8} {'stopped':>7} {'n trim':>7} {'TTFT p50':>9} {'TTFT p99':>9} "
+        f"{'p99 all':>8} {'TPOT p50':>9} {'floor p99':>9} {'bunched':>7} {'if spread':>9} {'cpu/req':>7}  verdict"
     )
     print(head)
     failures = 0
     lines: list[str] = []
-    for n in levels:
-        rs = runs[n]
+    for n, on in levels:
+        rs = runs[(n, on)]
         counts_ok = all(
             r["locust_counted"] == r["records"] and r["stopped"] == 0 and r["exit_code"] == 0 for r in rs
         )
-        figs = {k: med(rs, k) for k in ("ttft_p50", "ttft_p99", "all_ttft_p99", "tpot_p50", "n", "bunched")}
+        figs = {
+            k: med(rs, k)
+            for k in (
+                "ttft_p50",
+                "ttft_p99",
+                "all_ttft_p99",
+                "tpot_p50",
+                "n",
+                "bunched",
+                "client_cpu_ms_per_request",
+            )
+        }
         spread = 1 - math.exp(-n * 1.0 / (TTFT_MS + (TOKENS - 1) * ITL_MS))
         checks = {k: (not math.isnan(figs[k]) and abs(figs[k]) <= lim) for k, lim in LIMITS.items()}
         checks["records"] = counts_ok
         verdict = " ".join(f"{k}:{'PASS' if v else 'FAIL'}" for k, v in checks.items())
         failures += sum(not v for v in checks.values())
-        fl = statistics.median(floors[n]) if floors[n] else math.nan
+        fl = statistics.median(floors[(n, on)]) if floors[(n, on)] else math.nan
         print(
-            f"{n:>5} {sum(r['records'] for r in rs):>8} {sum(r['locust_counted'] or 0 for r in rs):>8} "
+            f"{label(n, on):>6} {sum(r['records'] for r in rs):>8} {sum(r['locust_counted'] or 0 for r in rs):>8} "
             f"{sum(r['stopped'] for r in rs):>7} {_f(figs['n'], '.0f'):>7} {_f(figs['ttft_p50'], '+.2f'):>9} "
             f"{_f(figs['ttft_p99'], '+.2f'):>9} {_f(figs['all_ttft_p99'], '+.2f'):>8} "
             f"{_f(figs['tpot_p50'], '+.3f'):>9} {_f(fl, '+.2f'):>9} {_f(100 * figs['bunched'], '.0f'):>6}%"
-            f" {100 * spread:>8.0f}%  {verdict}"
+            f" {100 * spread:>8.0f}% {_f(figs['client_cpu_ms_per_request'], '.2f'):>7}  {verdict}"
         )
         for k, lim in LIMITS.items():
             lines.append(
-                f"  {'PASS' if checks[k] else 'FAIL'}  {n:>3} users  {k.replace('_', ' ')} error "
+                f"  {'PASS' if checks[k] else 'FAIL'}  {label(n, on):>6} users  {k.replace('_', ' ')} error "
                 f"{_f(figs[k], '+.3f')} ms (limit ±{lim:g})"
             )
         lines.append(
-            f"  {'PASS' if counts_ok else 'FAIL'}  {n:>3} users  records = Locust's E2E count in every run, "
+            f"  {'PASS' if counts_ok else 'FAIL'}  {label(n, on):>6} users  records = Locust's E2E count in every run, "
             f"none stopped, exit 0"
         )
     print("\nchecks:")
@@ -244,12 +286,16 @@ def main() -> int:
     if a.json:
         a.json.write_bytes(
             orjson.dumps(
-                {"runs": runs, "floor_p99": floors}, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+                {
+                    "runs": {label(*lv): rs for lv, rs in runs.items()},
+                    "floor_p99": {label(*lv): f for lv, f in floors.items()},
+                },
+                option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
             )
         )
     suspect = [
-        f"acc-u{n}-r{i}"
-        for n, rs in runs.items()
+        f"acc-u{n}-r{i}-p{int(on)}"
+        for (n, on), rs in runs.items()
         for i, r in enumerate(rs)
         if r["locust_counted"] != r["records"] or r["stopped"] or r["exit_code"]
     ]

@@ -26,6 +26,7 @@ from harness import thresholds
 from harness.errors import CheckFailed, HarnessError, HostError, InputError
 from harness.hosts import is_loopback
 from harness.plan import Plan, Target, build_targets, prompt_dicts
+from harness.progress import Progress, lag_for
 from harness.recover import recover_run, scan_records, spool_files
 from harness.rundir import RunDir, Spool, machine, make_run_dir, new_run_id, utc, versions, write_json
 from harness.scenario import HostSpec, Scenario
@@ -69,6 +70,9 @@ class RunOptions:
     web_host: str = "127.0.0.1"
     web_port: int = 8089
     report: bool = True
+    progress: bool = True
+    """Live progress on stderr while a headless run loads (harness.progress); `--quiet` turns it off."""
+    progress_interval_s: float = 5.0
     command_line: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -286,6 +290,23 @@ def _run_locust(cmd: list[str], log_path: Path) -> int:
     return 130 if interrupts else code
 
 
+def _progress(opts: RunOptions, rd: RunDir, stages: list[Stage], targets: list[Target]) -> Progress:
+    """The progress display of a headless run: a live table when stderr is a terminal, plain lines
+    otherwise (CI, pipes, files), none in the web UI (it has its own) or with `--quiet`."""
+    mode = "off" if opts.web or not opts.progress else ("table" if sys.stderr.isatty() else "lines")
+    return Progress(
+        rd.records,
+        rd.client_metrics,
+        stages=[s.name for s in stages],
+        total_s=total_duration(stages),
+        labels={t.url: t.label for t in targets},
+        interval_s=opts.progress_interval_s,
+        lag_s=lag_for(distributed=bool(opts.workers or opts.master)),
+        mode=mode,
+        stream=sys.stderr,
+    )
+
+
 def _locust_e2e_count(run_dir: Path) -> int | None:
     """Requests Locust counted on its E2E rows (one per request sent, failures included)."""
     path = RunDir(run_dir).locust_counts
@@ -324,6 +345,7 @@ def execute_run(opts: RunOptions) -> RunOutcome:
     ended_early = False
     # With a request limit the run may end before its planned duration: that is no early stop.
     max_requests = sc.workload.max_requests if sc.workload is not None else None
+    progress_cpu_s: float | None = None
     stage = "starting hosts"
     try:
         urls: dict[int, tuple[str, str | None, int | None]] = {}
@@ -372,7 +394,13 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         )
         command = _locust_command(opts, plan_path, rd, stages)
         load_started = time.monotonic()
-        code = _run_locust(command, rd.locust_log)
+        progress = _progress(opts, rd, stages, targets)
+        progress.start()
+        try:
+            code = _run_locust(command, rd.locust_log)
+        finally:
+            progress.stop()
+            progress_cpu_s = round(progress.cpu_s, 4)
         ran_s = time.monotonic() - load_started
         ended_early = ran_s < total_duration(stages) - 1.0
         if code == 0 and not opts.web and ended_early and not max_requests:
@@ -462,6 +490,8 @@ def execute_run(opts: RunOptions) -> RunOutcome:
             "problems": problems,
             "exit_code": exit_code,
             **({"workload": _manifest_workload(workload)} if workload else {}),
+            # What the live progress display cost this process (benchmarks/bench_accuracy.py --progress).
+            "progress_cpu_s": progress_cpu_s,
         },
     )
     write_json(manifest_path, manifest)

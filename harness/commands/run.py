@@ -131,6 +131,15 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument("--run-id", help="run folder name (default: time, scenario name, random suffix)")
     g.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    g.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds per progress line when stderr is not a terminal, and the window of the live "
+        "table when it is (default 5)",
+    )
+    g.add_argument("--quiet", action="store_true", help="no live progress while the load runs")
     p.set_defaults(func=run)
 
 
@@ -210,6 +219,8 @@ def with_thresholds(scenario: Scenario, path: Path | None, cli: list[str]) -> Sc
 def run(args: argparse.Namespace) -> int:
     from harness.runner import RunOptions, execute_run
 
+    if not args.progress_interval > 0:
+        raise InputError(f"--progress-interval {args.progress_interval:g}: expected seconds above 0")
     if args.workers < 0:
         raise InputError(f"--workers: expected 0 or more, got {args.workers}")
     if args.master and args.workers:
@@ -236,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
         web_host=args.web_host,
         web_port=args.web_port,
         report=not args.no_report,
+        progress=not args.quiet,
+        progress_interval_s=args.progress_interval,
     )
     outcome = execute_run(opts)
     if outcome.table:

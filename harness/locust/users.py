@@ -233,12 +233,15 @@ class UserState:
                     "worker": self.worker,
                     "t_unix_ns": time.time_ns(),
                     "stage": self.stage().name,
+                    "elapsed_s": round(self.elapsed_s(), 3),
                     "cpu_percent": proc.cpu_percent(None),
                     "loop_lag_ms_p50": round(lags[len(lags) // 2], 3),
                     "loop_lag_ms_p99": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3),
                     "loop_lag_ms_max": round(lags[-1], 3),
                     "users": self.env.runner.user_count if self.env.runner else 0,
                     "inflight": self.inflight,
+                    # Per host and model, for `harness run`'s progress display (harness.progress).
+                    "inflight_by": [[h, m, n] for (h, m), n in self.inflight_by.items() if n],
                     "kernel_stamps": self.kernel_stamps,
                     "first_token_watch": self.first_token_watch,
                 }
@@ -385,6 +388,10 @@ def _on_init(environment: Environment, **_: Any) -> None:
                 PROCESS.master_counts[client_id] = PROCESS.master_counts.get(client_id, 0) + len(lines)
             for line in data.get("harness_client") or []:
                 client.append(orjson.loads(line))
+            # One write per worker report: the report's records are on disk now, not at the next
+            # report (`harness run`'s progress reads them from records.jsonl; a crash loses less).
+            records.flush()
+            client.flush()
 
 
 def _worker_done(environment: Environment, runner: MasterRunner, client_id: str) -> None:

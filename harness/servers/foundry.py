@@ -4,7 +4,9 @@ Owns running a REAL Foundry Local web service (foundry-local-sdk 2.x, native lib
 GenAI) inside this process: registering ONNX Runtime GenAI model folders in the LOCAL catalog
 (bring your own model; default: the tiny model shipped in `harness/models/tiny-chat`), or loading
 catalog models by alias, starting the web service, printing the ready line and stopping cleanly on
-SIGTERM/SIGINT.
+SIGTERM/SIGINT. Download and load are reported as they go (`_progress`, `_load`): on stderr for
+a person, and as progress lines for a waiting parent (`harness.servers.ready`), which extends its
+ready wait while they move.
 
 Where the models are served:
   local-catalog models (`--model-dir`)  base_url `http://HOST:PORT/catalogs/local/v1`
@@ -45,7 +47,16 @@ from typing import Any
 
 from harness.errors import HarnessError, HostError, InputError
 from harness.flavours import SHIPPED_MODEL, model_id_for, shipped_model_dir
-from harness.servers.ready import ChildHost, install_stop_handlers, print_ready, start_child_host
+from harness.servers.ready import (
+    SHOW_AFTER_S,
+    SHOW_EVERY_S,
+    ChildHost,
+    describe_progress,
+    install_stop_handlers,
+    print_progress,
+    print_ready,
+    start_child_host,
+)
 
 __all__ = [
     "CATALOG_PATH",
@@ -242,6 +253,7 @@ def _progress(alias: str) -> Any:
         whole = int(pct)
         if whole != last[0]:
             last[0] = whole
+            print_progress("download", alias, percent=round(pct, 1))
             bar = "#" * (whole // 5)
             sys.stderr.write(f"\rdownloading {alias}: [{bar:<20}] {pct:5.1f}%")
             if whole >= 100:
@@ -249,6 +261,49 @@ def _progress(alias: str) -> Any:
             sys.stderr.flush()
 
     return cb
+
+
+def _load(model: Any, model_id: str) -> None:
+    """`model.load()`, reported: the SDK says nothing while it loads, so this process's memory and
+    bytes read are reported each second meanwhile (a waiting parent extends its wait while they
+    grow, `harness.servers.ready.StartWatch`), and a load that takes a while is shown on stderr."""
+    import psutil
+
+    me = psutil.Process()
+    started = time.monotonic()
+
+    def figures() -> dict[str, Any]:
+        out: dict[str, Any] = {"elapsed_s": round(time.monotonic() - started, 2)}
+        with contextlib.suppress(psutil.Error):
+            out["rss_bytes"] = me.memory_info().rss
+            # Bytes read through read(2) (Linux `read_chars`): a model read from disk or page cache.
+            out["read_bytes"] = getattr(me.io_counters(), "read_chars", None)
+        return out
+
+    print_progress("load", model_id, state="start", **figures())
+    done = threading.Event()
+
+    def beat() -> None:
+        said = started
+        while not done.wait(1.0):
+            f = figures()
+            print_progress("load", model_id, state="running", **f)
+            if time.monotonic() - said >= SHOW_EVERY_S:
+                said = time.monotonic()
+                sys.stderr.write(f"foundry: {describe_progress({'model': model_id, **f})}\n")
+                sys.stderr.flush()
+
+    thread = threading.Thread(target=beat, name="load-progress", daemon=True)
+    thread.start()
+    try:
+        model.load()
+    finally:
+        done.set()
+        thread.join(2)
+    f = figures()
+    print_progress("load", model_id, state="done", **f)
+    if f["elapsed_s"] >= SHOW_AFTER_S:
+        sys.stderr.write(f"foundry: {describe_progress({'model': model_id, 'state': 'done', **f})}\n")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -364,7 +419,7 @@ def _register_local(fl: Any, mgr: Any, models: Sequence[_LocalModel]) -> list[st
             except fl.FoundryLocalException as exc:
                 raise HostError(f"--model-dir {m.path}: Foundry Local refused it: {exc}") from exc
         try:
-            model.load()
+            _load(model, m.model_id)
         except fl.FoundryLocalException as exc:
             raise HostError(f"--model-dir {m.path}: Foundry Local could not load it: {exc}") from exc
         ids.append(model.id)
@@ -388,7 +443,7 @@ def _load_aliases(mgr: Any, aliases: Sequence[str], *, offline: bool, stop: thre
             model.download(progress_callback=_progress(alias), cancel_event=stop)
             if stop.is_set():
                 return ids
-        model.load()
+        _load(model, model.id)
         ids.append(model.id)
     return ids
 
