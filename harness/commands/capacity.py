@@ -274,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
                             run_id=seg_id,
                             workers=args.workers,
                             report=False,
+                            progress=False,  # one console row per step is the search's own progress
                             command_line=list(sys.argv),
                         )
                     )
