@@ -115,6 +115,15 @@ class PooledIntDist:
             self.others.append(v[~dense].astype(np.int64))
         self.total += int(v.sum(dtype=np.int64))
 
+    def add_counts(self, counts: IntArray) -> None:
+        """Add samples given as counts by value (`counts[v]`: samples equal to v; below `dense_limit`)."""
+        if counts.size > self.counts.size:
+            grown = np.zeros(counts.size, np.int64)
+            grown[: self.counts.size] = self.counts
+            self.counts = grown
+        self.counts[: counts.size] += counts
+        self.total += int(np.dot(counts, np.arange(counts.size, dtype=np.int64)))
+
     def __add__(self, other: PooledIntDist) -> PooledIntDist:
         out = PooledIntDist(self.dense_limit)
         small, large = sorted((self.counts, other.counts), key=len)

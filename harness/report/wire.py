@@ -21,6 +21,7 @@ import orjson
 import pandas as pd
 
 from harness.diagnostics import StreamStats, diagnose
+from harness.report import aggregate
 from harness.report.aggregate import Summarizer
 from harness.report.load import Dataset
 
@@ -114,30 +115,37 @@ class Sample:
         self, rowids: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], values: npt.NDArray[Any]
     ) -> None:
         groups = self.pick_group[rowids]
-        if not (groups >= 0).any():
+        keep = groups >= 0
+        if not keep.any():
             return
         lengths = np.diff(offsets)
-        v = np.asarray(values[offsets[0] : offsets[-1]], dtype=np.int64)
-        owner = np.repeat(np.arange(lengths.size), lengths)
-        token_group = groups[owner].astype(np.int64)
-        self.total += np.bincount(token_group[token_group >= 0], minlength=self.total.size)
-        if v.size < 2:
+        v = values[offsets[0] : offsets[-1]]
+        if not keep.all():
+            # Only the sampled records' events (a share of the batch in a large run).
+            v = v[np.repeat(keep, lengths)]
+            rowids, groups, lengths = rowids[keep], groups[keep], lengths[keep]
+        starts = np.zeros(lengths.size + 1, np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        self.total += np.bincount(groups, weights=lengths, minlength=self.total.size).astype(np.int64)
+        if v.size == 0:
             return
+        owner = np.repeat(np.arange(lengths.size, dtype=np.int32), lengths)
         # Tokens that came in the first token's read (equal stamps): a held first token piles up.
-        first_of_token = v[(offsets[:-1] - offsets[0])[owner]]
-        with_first = np.bincount(owner[v == first_of_token], minlength=lengths.size)
-        picked = (groups >= 0) & (lengths > 0)
-        self.first_read[self.pick_pos[rowids[picked]]] = with_first[picked]
-        same = owner[1:] == owner[:-1]
-        equal = same & (v[1:] == v[:-1])
+        has = lengths > 0
+        first = np.zeros(lengths.size, v.dtype)
+        first[has] = v[starts[:-1][has]]
+        with_first = np.bincount(owner[v == first[owner]], minlength=lengths.size)
+        self.first_read[self.pick_pos[rowids[has]]] = with_first[has]
+        gaps, gap_group = aggregate.batch_gaps(starts, v, groups)
+        if gaps.size == 0:
+            return
+        # A token is in a burst when its stamp equals a neighbour's in the same record.
+        equal = (gaps == 0) & (gap_group >= 0)
         burst = np.zeros(v.size, bool)
         burst[:-1] |= equal
         burst[1:] |= equal
-        self.bursty += np.bincount(token_group[burst & (token_group >= 0)], minlength=self.bursty.size)
-        gap_group = token_group[1:][same]
-        gaps = np.diff(v)[same]
-        for k in np.unique(gap_group[gap_group >= 0]):
-            self.raw[int(k)].add(gaps[gap_group == k])
+        self.bursty += np.bincount(groups[owner[burst]], minlength=self.bursty.size)
+        aggregate.add_grouped(self.raw, gaps, gap_group)
 
 
 def sample(ds: Dataset, summarizer: Summarizer) -> Sample:
@@ -272,6 +280,15 @@ class _Counts:
     def __init__(self) -> None:
         self.counts = np.zeros(0, np.int64)
         self.others: list[npt.NDArray[np.int64]] = []
+        self.dense_limit = self.LIMIT
+
+    def add_counts(self, counts: npt.NDArray[np.int64]) -> None:
+        """Add samples given as counts by value (below `LIMIT`)."""
+        if counts.size > self.counts.size:
+            grown = np.zeros(counts.size, np.int64)
+            grown[: self.counts.size] = self.counts
+            self.counts = grown
+        self.counts[: counts.size] += counts
 
     def add(self, values: npt.NDArray[np.int64]) -> None:
         dense = (values >= 0) & (values < self.LIMIT)
