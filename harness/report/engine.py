@@ -117,7 +117,7 @@ COPY_NAME = "records.duckdb"
 #: written again.
 LAYOUT = hashlib.sha256(repr(("copy-1", list(COLUMN_TYPES.items()))).encode()).hexdigest()[:16]
 #: Rows per batch of the streamed event offsets (`Engine.offsets`).
-OFFSET_BATCH_ROWS = 1 << 16
+OFFSET_BATCH_ROWS = 1 << 14
 
 
 class OffsetsConsumer(typing.Protocol):
