@@ -49,7 +49,7 @@ class Run:
 
 @dataclass
 class Dataset:
-    """All records of the runs loaded (warm-up included) in the engine's table `rec`, and the runs."""
+    """All records of the runs loaded (warm-up included) in the engine's view `rec`, and the runs."""
 
     engine: Engine
     runs: list[Run]

@@ -3,7 +3,7 @@
 Owns: warm-up exclusion (`warmup: true` records are counted, never measured), steady-state trimming
 (records SENT in the first and last N seconds of each (run, stage) are dropped), each stage's
 concurrency, the TTFT-at-concurrency-1 baseline that queue time is measured from, and each record's
-SLO limits (from its run's manifest). All of it is the engine's table `r`: table `rec` joined with
+SLO limits (from its run's manifest). All of it is the engine's view `r`: view `rec` joined with
 small tables of per-stage (`seg`), per-run (`run_slo`) and per-(run, host, model) (`c1`) values,
 without the token offsets (those stay in `rec`, by `row_id`).
 
