@@ -168,6 +168,18 @@ class PooledIntDist:
             out._add_counted(np.concatenate(raw))
         return out
 
+    def add_counts(self, counts: IntArray) -> None:
+        """Add samples given as counts by value (`counts[v]`: samples equal to v; below `dense_limit`).
+        The caller counted already (`report.aggregate.add_grouped`, few groups), so counting starts."""
+        if self._raw:
+            self._count()
+        if counts.size > self.counts.size:
+            grown = np.zeros(counts.size, np.int64)
+            grown[: self.counts.size] = self.counts
+            self.counts = grown
+        self.counts[: counts.size] += counts
+        self.total += int(np.dot(counts, np.arange(counts.size, dtype=np.int64)))
+
     def __add__(self, other: PooledIntDist) -> PooledIntDist:
         return PooledIntDist.merge([self, other])
 

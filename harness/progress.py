@@ -341,6 +341,7 @@ def _table(
     stages: Sequence[str],
     labels: dict[str, str],
 ) -> Any:
+    from rich.console import JustifyMethod
     from rich.table import Table
 
     figures = state.window(lo, hi)
@@ -350,7 +351,7 @@ def _table(
         f"users {'-' if users is None else users}  ·  last {hi - lo:.0f} s, to {behind_s:.1f} s ago"
     )
     table = Table(title=title, title_justify="left", expand=False)
-    for name, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("model @ host", "left"),
         ("in flight", "right"),
         ("req/s ok", "right"),
@@ -359,8 +360,9 @@ def _table(
         ("TTFT p95 ms", "right"),
         ("TPOT p50 ms", "right"),
         ("errors", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    )
+    for name, justify in columns:
+        table.add_column(name, justify=justify)
     keys = sorted((k for k in figures if k != ALL), key=lambda k: (labels.get(k[0], k[0]), k[1]))
     rows = [(f"{k[1]} @ {labels.get(k[0], k[0])}", k) for k in keys]
     if len(keys) != 1:

@@ -15,6 +15,7 @@ docs/ARCHITECTURE.md is this module's), so a file is renamed or added in one pla
       hosts/<i>-<kind>.log   embedded hosts' logs
       locust/                Locust's CSV, HTML report and log
       summary.json, report.*, *.csv   the report (harness.report)
+      records.duckdb         the report's columnar copy of the records (harness.report.engine)
       bench.md, bench.csv, bench.json, scoring.csv, judge.jsonl   `harness bench`: the selection
                              table, answers to score by hand, a judge model's verdicts
 

@@ -638,3 +638,47 @@ def test_itl_when_a_batch_holds_no_gap(tmp_path: Path) -> None:
     report = build_report(write_run(tmp_path / "r", recs), trim_s=0)
     assert report.summary["overall"]["itl_ms_count"] == 0
     assert report.summary["overall"]["itl_ms_p50"] is None
+
+
+# --- the columnar copy ------------------------------------------------------------------------------
+
+
+def test_the_columnar_copy_is_written_once_read_after_and_rewritten_when_records_change(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    recs = [record(t_s=0.1 * i, ttft_ms=100.0 + i) for i in range(10)]
+    cut = orjson.dumps(record(t_s=2))[:57]
+    run = write_run(tmp_path / "r", recs, tail=cut)
+    first = build_report(run, tmp_path / "a", trim_s=0)
+    copy = run / "records.duckdb"
+    assert copy.is_file()
+    stamp = copy.stat().st_mtime_ns
+    second = build_report(run, tmp_path / "b", trim_s=0)
+    assert copy.stat().st_mtime_ns == stamp  # attached, not written again
+    # The copy keeps what the JSONL read found: the broken line is still counted and named.
+    assert second.summary["counts"] == first.summary["counts"]
+    assert second.summary["counts"]["broken_lines"] == 1
+    assert second.summary["overall"]["ttft_ms_p50"] == first.summary["overall"]["ttft_ms_p50"]
+    # Records appended (the cut line completed, one more record): the copy is stale, written again.
+    with open(run / "records.jsonl", "ab") as fh:
+        fh.write(b"\n" + orjson.dumps(record(t_s=3, ttft_ms=500.0)) + b"\n")
+    third = build_report(run, tmp_path / "c", trim_s=0)
+    assert copy.stat().st_mtime_ns != stamp
+    assert third.summary["counts"]["records"] == 11
+    # A copy that is not a DuckDB database (a half-written file, another version): written again.
+    copy.write_bytes(b"not a database")
+    fourth = build_report(run, tmp_path / "d", trim_s=0)
+    assert fourth.summary["counts"]["records"] == 11
+    assert copy.stat().st_size > 100
+    # A read-only run folder: a private copy, nothing left in the folder.
+    copy.unlink()
+    os.chmod(run, 0o555)
+    try:
+        if not os.access(run, os.W_OK):  # root ignores the mode: nothing to check then
+            fifth = build_report(run, tmp_path / "e", trim_s=0)
+            assert fifth.summary["counts"]["records"] == 11
+            assert not copy.exists()
+    finally:
+        os.chmod(run, 0o755)

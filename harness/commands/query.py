@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import duckdb
 
     from harness.errors import InputError
-    from harness.report.engine import COLUMN_TYPES, Engine
+    from harness.report.engine import COLUMN_TYPES, COPY_NAME, Engine
     from harness.report.load import records_files
     from harness.report.tables import fixed_width
 
@@ -51,15 +51,16 @@ def run(args: argparse.Namespace) -> int:
     run_dirs = [Path(d) for d in dirs]
     files = [records_files(d) for d in run_dirs]
     with Engine(fields=tuple(COLUMN_TYPES)) as engine:
-        for i, paths in enumerate(files):
-            for path in paths:
-                read = engine.load(path, i)
+        for i, (run_dir, paths) in enumerate(zip(run_dirs, files, strict=True)):
+            for read in engine.load_run(i, paths, run_dir / COPY_NAME):
                 if read.broken_lines:
                     print(
-                        f"harness: warning: {path}: skipped {read.broken_lines} broken line(s) (not JSON: cut mid-write?)",
+                        f"harness: warning: {read.path}: skipped {read.broken_lines} broken line(s) (not JSON: cut mid-write?)",
                         file=sys.stderr,
                     )
-        engine.run(f"CREATE VIEW records AS SELECT * EXCLUDE (file_index, n_events) FROM {engine.table}")
+        engine.run(
+            f"CREATE VIEW records AS SELECT * EXCLUDE (file_index, row_id, n_events) FROM {engine.table}"
+        )
         try:
             result = engine.con.execute(sql)
             names = [d[0] for d in result.description or []]

@@ -28,7 +28,16 @@ from harness.errors import InputError
 from harness.report.engine import COLUMN_TYPES, REPORT_FIELDS
 from harness.report.load import Dataset
 
-__all__ = ["BY_COLUMNS", "DEFAULT_BY", "OVERALL", "Grouping", "Summarizer", "check_by", "record_gaps"]
+__all__ = [
+    "BY_COLUMNS",
+    "DEFAULT_BY",
+    "OVERALL",
+    "Grouping",
+    "Summarizer",
+    "add_grouped",
+    "batch_gaps",
+    "check_by",
+]
 
 #: `--by` key -> record field. Any other scalar record field (not a float) is a key of its own name.
 BY_COLUMNS = {
@@ -121,13 +130,14 @@ class Summarizer:
         self.e = ds.engine
         self._firsts: dict[str, dict[Any, int]] = {}
         self._groupings: dict[tuple[tuple[str, ...], str], Grouping] = {}
+        self._maps: dict[tuple[tuple[str, ...], str], npt.NDArray[Any]] = {}
 
     # --- groups ---------------------------------------------------------------------------------
 
     def first_rows(self, field: str) -> dict[Any, int]:
         """Each value of a field -> the row where it first appears (over every record)."""
         if field not in self._firsts:
-            self._firsts[field] = dict(self.e.rows(f'SELECT "{field}", min(rowid) FROM rec GROUP BY 1'))
+            self._firsts[field] = dict(self.e.rows(f'SELECT "{field}", min(row_id) FROM rec GROUP BY 1'))
         return self._firsts[field]
 
     def values_in_order(self, field: str) -> list[Any]:
@@ -187,17 +197,16 @@ class Summarizer:
         (the overall row gets it when grouping 0 does), from `pooled_itl` when already gathered."""
         joins = " ".join(g.join() for g in groupings)
         gid_cols = "".join(f"{g.table}.gid AS gid{i}, " for i, g in enumerate(groupings))
-        self.e.run(
-            f"CREATE OR REPLACE TEMP TABLE m AS SELECT {gid_cols}r.* FROM r {joins} WHERE r.measured ORDER BY r.row_id"
-        )
+        self.e.run(f"CREATE OR REPLACE TEMP VIEW m AS SELECT {gid_cols}r.* FROM r {joins} WHERE r.measured")
         sizes = [len(g.keys) for g in groupings]
+        scalars = self._scalars(sizes, overall)
         out: list[list[Row]] = [
-            [{"key": key} | s for key, s in zip(g.keys, self._scalars(f"gid{i}", len(g.keys)), strict=True)]
+            [{"key": key} | s for key, s in zip(g.keys, scalars[i], strict=True)]
             for i, g in enumerate(groupings)
         ]
         if overall:
-            out.append([{"key": OVERALL} | self._scalars("0", 1)[0]])
-        dists = self._dists(len(groupings), sizes, overall)
+            out.append([{"key": OVERALL} | scalars[-1][0]])
+        dists = self._dists(groupings, overall)
         given = pooled_itl or {}
         pooled = {i: given[i] if i in given else self._itl(groupings[i]) for i in itl}
         if overall and 0 in pooled:
@@ -214,26 +223,52 @@ class Summarizer:
                     row |= {f"{name}_{stat}": value for stat, value in d.get(name, metrics.dist([])).items()}
         return out
 
-    def _scalars(self, gid: str, n: int) -> list[Row]:
-        """Counts, window, throughput, goodput, errors, means and host memory per group."""
+    def _scalars(self, sizes: list[int], overall: bool) -> list[list[Row]]:
+        """Counts, window, throughput, goodput, errors, means and host memory per group of each
+        grouping of view `m` (then overall): each query one scan for every grouping at once
+        (`GROUPING SETS`; a result row belongs to the grouping whose gid it carries, to the overall
+        row when it carries none)."""
         e = self.e
-        rows: list[Row] = [_empty_scalars() for _ in range(n)]
+        n_sets = len(sizes) + (1 if overall else 0)
+        rows: list[list[Row]] = [
+            [_empty_scalars() for _ in range(n)] for n in [*sizes, *([1] if overall else [])]
+        ]
+        gids = [f"gid{i}" for i in range(len(sizes))]
+        gid_list = ", ".join(gids)
+
+        def by(*more: str) -> str:
+            extra = "".join(f", {m}" for m in more)
+            sets = [f"({g}{extra})" for g in gids] + ([f"({', '.join(more)})"] if overall else [])
+            return f"GROUPING SETS ({', '.join(sets)})"
+
+        def where(found: tuple[Any, ...]) -> tuple[int, int]:
+            """(grouping, group) of a result row from its gid columns."""
+            for i, g in enumerate(found):
+                if g is not None:
+                    return i, int(g)
+            return n_sets - 1, 0
+
         met = (
             "ok AND (slo_ttft_ms IS NULL OR coalesce(ttft_ms <= slo_ttft_ms, false))"
             " AND (slo_tpot_ms IS NULL OR tpot_ms IS NULL OR tpot_ms <= slo_tpot_ms)"
             " AND (slo_e2e_ms IS NULL OR coalesce(e2e_ms <= slo_e2e_ms, false))"
         )
-        for g, requests, ok, tokens, slo_met, has_slo, mismatch, in_mean, out_mean in e.rows(
-            f"""SELECT {gid}, count(*), count(*) FILTER (WHERE ok), sum(output_tokens) FILTER (WHERE ok),
+        k = len(gids)
+        for found in e.rows(
+            f"""SELECT {gid_list}, count(*), count(*) FILTER (WHERE ok), sum(output_tokens) FILTER (WHERE ok),
                        count(*) FILTER (WHERE {met}), bool_and(has_slo),
                        count(*) FILTER (WHERE tokens_source = 'usage' AND events IS DISTINCT FROM output_tokens),
                        CAST(sum(input_tokens) FILTER (WHERE ok) AS DOUBLE)
                            / nullif(count(input_tokens) FILTER (WHERE ok), 0),
                        CAST(sum(output_tokens) FILTER (WHERE ok) AS DOUBLE)
                            / nullif(count(output_tokens) FILTER (WHERE ok), 0)
-                FROM m GROUP BY 1"""
+                FROM m GROUP BY {by()}"""
         ):
-            row = rows[g]
+            i, g = where(found[:k])
+            requests, ok, tokens, slo_met, has_slo, mismatch, in_mean, out_mean = found[k:]
+            if not requests:  # the overall set of no records at all (a global aggregate has a row)
+                continue
+            row = rows[i][g]
             row["requests"], row["ok"], row["failed"] = int(requests), int(ok), int(requests - ok)
             row["error_rate"] = float(requests - ok) / requests
             row["output_tokens"] = int(tokens or 0)
@@ -244,76 +279,109 @@ class Summarizer:
             row["output_tokens_mean"] = out_mean
         # Errors by category, in order of first appearance; a failure without one is `unknown`.
         order = {v: i for i, v in enumerate(self.values_in_order("error"))}
-        errors: list[list[tuple[str | None, int]]] = [[] for _ in range(n)]
-        for g, error, count in e.rows(f"SELECT {gid}, error, count(*) FROM m WHERE NOT ok GROUP BY 1, 2"):
-            errors[g].append((error, int(count)))
-        for g, found in enumerate(errors):
-            found.sort(key=lambda x: math.inf if x[0] is None else order[x[0]])
-            rows[g]["errors"] = {("unknown" if k is None else str(k)): c for k, c in found}
+        errors: list[list[list[tuple[str | None, int]]]] = [[[] for _ in r] for r in rows]
+        for found in e.rows(f"SELECT {gid_list}, error, count(*) FROM m WHERE NOT ok GROUP BY {by('error')}"):
+            i, g = where(found[:k])
+            error, count = found[k:]
+            errors[i][g].append((error, int(count)))
         # Concurrency: the median over records of their stage's concurrency.
-        conc: list[list[tuple[float, int]]] = [[] for _ in range(n)]
-        for g, c, count in e.rows(f"SELECT {gid}, concurrency, count(*) FROM m GROUP BY 1, 2"):
-            conc[g].append((np.nan if c is None else float(c), int(count)))
-        for g, pairs in enumerate(conc):
-            values = np.repeat([p[0] for p in pairs], [p[1] for p in pairs]).astype(np.float64)
-            rows[g]["concurrency"] = float(np.nanmedian(values)) if np.isfinite(values).any() else None
+        conc: list[list[list[tuple[float, int]]]] = [[[] for _ in r] for r in rows]
+        for found in e.rows(f"SELECT {gid_list}, concurrency, count(*) FROM m GROUP BY {by('concurrency')}"):
+            i, g = where(found[:k])
+            c, count = found[k:]
+            conc[i][g].append((np.nan if c is None else float(c), int(count)))
         # Window: union of the group's per-(run, stage) [first send, last end].
-        spans: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-        for g, first, last in e.rows(
-            f"SELECT {gid}, min(sent_unix_ns), max(end_unix_ns) FROM m GROUP BY 1, segment"
+        spans: list[list[list[tuple[int, int]]]] = [[[] for _ in r] for r in rows]
+        for found in e.rows(
+            f"SELECT {gid_list}, min(sent_unix_ns), max(end_unix_ns) FROM m GROUP BY {by('segment')}"
         ):
-            spans[g].append((int(first), int(last)))
-        for g, s in enumerate(spans):
-            window = (
-                metrics.window_s(np.array([a for a, _ in s], np.int64), np.array([b for _, b in s], np.int64))
-                if s
-                else None
-            )
-            row = rows[g]
-            met, tokens = row.pop("_met"), row.pop("_tokens")
-            row["window_s"] = window
-            # As `metrics.output_tokens_per_s`, `requests_per_s` and `goodput_per_s`: count / window.
-            row["output_tokens_per_s"] = None if window is None else tokens / window
-            row["requests_per_s"] = None if window is None else float(row["ok"]) / window
-            row["goodput_per_s"] = None if met is None or window is None else float(met) / window
-            row["slo_met"] = met
+            i, g = where(found[:k])
+            first, last = found[k:]
+            spans[i][g].append((int(first), int(last)))
         # Host memory: highest RSS sampled while the group's requests ran, per (run, host).
-        for g, peak in e.rows(
-            f"""SELECT s.g, max(h.rss_bytes) FROM (
-                    SELECT {gid} AS g, run_index, host, min(sent_unix_ns) AS first, max(end_unix_ns) AS last
-                    FROM m GROUP BY 1, 2, 3) s
-                JOIN host_samples h ON h.run_index = s.run_index AND h.host = s.host
-                     AND h.t_unix_ns BETWEEN s.first AND s.last
-                GROUP BY 1"""
+        peaks: list[tuple[int, int, float]] = []
+        for found in e.rows(
+            f"""SELECT s.*, (SELECT max(h.rss_bytes) FROM host_samples h
+                             WHERE h.run_index = s.run_index AND h.host = s.host
+                                   AND h.t_unix_ns BETWEEN s.first AND s.last) AS peak
+                FROM (SELECT {gid_list}, run_index, host, min(sent_unix_ns) AS first, max(end_unix_ns) AS last
+                      FROM m GROUP BY {by("run_index", "host")}) s"""
         ):
-            if peak is not None:
-                rows[g]["host_peak_rss_mb"] = float(peak) / 1e6
+            i, g = where(found[:k])
+            if found[-1] is not None:
+                peaks.append((i, g, float(found[-1])))
+        best: dict[tuple[int, int], float] = {}
+        for i, g, peak in peaks:
+            best[(i, g)] = max(best.get((i, g), peak), peak)
+        for i, group_rows in enumerate(rows):
+            for g, row in enumerate(group_rows):
+                found_errors = errors[i][g]
+                found_errors.sort(key=lambda x: math.inf if x[0] is None else order[x[0]])
+                row["errors"] = {("unknown" if key is None else str(key)): c for key, c in found_errors}
+                pairs = conc[i][g]
+                values = np.repeat([p[0] for p in pairs], [p[1] for p in pairs]).astype(np.float64)
+                row["concurrency"] = float(np.nanmedian(values)) if np.isfinite(values).any() else None
+                s = spans[i][g]
+                window = (
+                    metrics.window_s(
+                        np.array([a for a, _ in s], np.int64), np.array([b for _, b in s], np.int64)
+                    )
+                    if s
+                    else None
+                )
+                met_n, tokens = row.pop("_met"), row.pop("_tokens")
+                row["window_s"] = window
+                # As `metrics.output_tokens_per_s`, `requests_per_s` and `goodput_per_s`: count / window.
+                row["output_tokens_per_s"] = None if window is None else tokens / window
+                row["requests_per_s"] = None if window is None else float(row["ok"]) / window
+                row["goodput_per_s"] = None if met_n is None or window is None else float(met_n) / window
+                row["slo_met"] = met_n
+                if (i, g) in best:
+                    row["host_peak_rss_mb"] = best[(i, g)] / 1e6
         return rows
 
-    def _dists(self, n_groupings: int, sizes: list[int], overall: bool) -> list[list[dict[str, Any]]]:
-        """Per grouping (then overall), per group: name -> `metrics.dist` of its values."""
+    def _dists(self, groupings: list[Grouping], overall: bool) -> list[list[dict[str, Any]]]:
+        """Per grouping (then overall), per group: name -> `metrics.dist` of its values. Each
+        distribution is one query over `r` (no joins with the group tables: each value's group comes
+        from `group_map`, by row id)."""
+        sizes = [len(g.keys) for g in groupings]
         out: list[list[dict[str, Any]]] = [[{} for _ in range(s)] for s in sizes]
         if overall:
             out.append([{}])
-        gid_cols = ", ".join(f"gid{i}" for i in range(n_groupings))
+        maps = [self.group_map(g) for g in groupings]
         specs = {name: spec for name, spec in DISTS.items() if spec[0]}
         specs["stream_tokens_per_s"] = STREAM_SPEED
         for name, (value, where) in specs.items():
-            got = self.e.numpy(
-                f"SELECT {gid_cols}{', ' if gid_cols else ''}x FROM (SELECT *, {value} AS x FROM m) "
-                f"WHERE {where} AND x IS NOT NULL AND NOT isnan(x)"
+            got = _in_record_order(
+                self.e.numpy(
+                    f"SELECT row_id, x FROM (SELECT *, {value} AS x FROM r) "
+                    f"WHERE measured AND {where} AND x IS NOT NULL AND NOT isnan(x)"
+                )
             )
             x = np.asarray(got["x"], dtype=np.float64)
-            for i in range(n_groupings):
-                gid = np.asarray(got[f"gid{i}"], dtype=np.int64)
+            row_id = np.asarray(got["row_id"], dtype=np.int64)
+            for i, size in enumerate(sizes):
+                gid = maps[i][row_id]
                 order = np.argsort(gid, kind="stable")
-                bounds = np.searchsorted(gid[order], np.arange(sizes[i] + 1))
+                bounds = np.searchsorted(gid[order], np.arange(size + 1))
                 sorted_x = x[order]
-                for j in range(sizes[i]):
+                for j in range(size):
                     out[i][j][name] = metrics.dist(sorted_x[bounds[j] : bounds[j + 1]])
             if overall:
                 out[-1][0][name] = metrics.dist(x)
         return out
+
+    def group_map(self, g: Grouping) -> npt.NDArray[np.int16 | np.int32]:
+        """Per row id, its group in `g` (-1: none), 16 bits where they suffice (numpy sorts them by
+        radix)."""
+        key = (g.by, g.where)
+        if key not in self._maps:
+            got = self.e.numpy(f"SELECT r.row_id, {g.table}.gid FROM r {g.join()} WHERE {g.where}")
+            dtype = np.int16 if len(g.keys) < 1 << 15 else np.int32
+            group_of = np.full(self.e.max_rowid() + 1, -1, dtype)
+            group_of[np.asarray(got["row_id"], dtype=np.int64)] = np.asarray(got["gid"], dtype=dtype)
+            self._maps[key] = group_of
+        return self._maps[key]
 
     def itl_gaps(self, g: Grouping) -> ItlGaps:
         """A consumer of the event offsets (`Engine.stream`) pooling the ITL gaps of `g`'s groups."""
@@ -343,34 +411,84 @@ class ItlGaps:
         groups = self.group_of[rowids]
         if not (groups >= 0).any():
             return
-        gaps, owner = record_gaps(offsets, values)
-        gap_group = groups[owner]
-        counted = gap_group >= 0
-        gaps, gap_group = gaps[counted], gap_group[counted]
-        if gap_group.size == 0:  # a batch whose counted records have fewer than two events each
-            return
-        if len(self.pooled) < 1 << 15:
-            gap_group = gap_group.astype(np.int16)  # numpy sorts 16-bit keys by radix: linear time
-        order = np.argsort(gap_group, kind="stable")
-        gaps, gap_group = gaps[order], gap_group[order]
-        present, starts = np.unique(gap_group, return_index=True)
-        ends = np.r_[starts[1:], gap_group.size]
-        for k, a, b in zip(present, starts, ends, strict=True):
-            self.pooled[int(k)].add(gaps[a:b])
+        gaps, gap_group = batch_gaps(offsets, values, groups)
+        add_grouped(self.pooled, gaps, gap_group)
 
 
-def record_gaps(
-    offsets: npt.NDArray[np.int64], values: npt.NDArray[Any]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Gaps between consecutive event offsets within each record of a batch, and each gap's record
-    (`metrics.itl_gaps_us`, with owners): never across two records."""
-    lengths = np.diff(offsets)
-    v = np.asarray(values[offsets[0] : offsets[-1]], dtype=np.int64)
-    owner = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
-    if v.size < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    same = owner[1:] == owner[:-1]
-    return np.diff(v)[same], owner[1:][same]
+def batch_gaps(
+    offsets: npt.NDArray[np.int64], values: npt.NDArray[Any], groups: npt.NDArray[np.integer[Any]]
+) -> tuple[npt.NDArray[np.signedinteger[Any]], npt.NDArray[np.int32]]:
+    """Gaps between consecutive event offsets of a batch, and each gap's group: its record's group
+    from `groups` (-1: not counted), -1 for the pair that spans two records (`metrics.itl_gaps_us`:
+    never across two records). The gaps keep the offsets' 32 bits when no difference can
+    overflow them (8 times less work than widening first)."""
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    if hi - lo < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int32)
+    v = values[lo:hi]
+    if int(v.max()) - int(v.min()) < 2**31:
+        gaps = np.subtract(v[1:], v[:-1])
+    else:
+        gaps = np.subtract(v[1:], v[:-1], dtype=np.int64)
+    gap_group = np.repeat(groups.astype(np.int32, copy=False), np.diff(offsets))[1:]
+    starts = offsets[1:-1] - lo
+    gap_group[starts[(starts > 0) & (starts < v.size)] - 1] = -1
+    return gaps, gap_group
+
+
+#: Cells of one counting pass in `add_grouped` (groups × gap values): 32 MB of counts.
+_CELLS = 1 << 22
+
+
+def add_grouped(
+    targets: Sequence[Any], values: npt.NDArray[np.signedinteger[Any]], group: npt.NDArray[np.int32]
+) -> None:
+    """Add each value to the counts of its group's target (`metrics.PooledIntDist`, or anything with
+    its `add`, `add_counts` and `dense_limit`); group -1: not counted. One `bincount` over (group,
+    value) cells for as many groups at a time as `_CELLS` allows: no sort, no pass per group."""
+    valid = group >= 0
+    n_valid = int(np.count_nonzero(valid))
+    if n_valid == 0:
+        return
+    limit = min(t.dense_limit for t in targets)
+    dense = valid & (values >= 0) & (values < limit)
+    if int(np.count_nonzero(dense)) != n_valid:  # beyond the dense range: kept as they are, per group
+        odd = valid & ~dense
+        og, ov = group[odd], values[odd]
+        for k in np.unique(og):
+            targets[int(k)].add(ov[og == k])
+    width = int(values.max(where=dense, initial=-1)) + 1
+    if width == 0:
+        return
+    n_groups = len(targets)
+    per = max(1, _CELLS // width)
+    if n_groups <= per:
+        # Every group in one pass; uncounted values go to a spare last cell.
+        cells = n_groups * width
+        key = np.where(dense, group * width + values, cells)
+        counts = np.bincount(key, minlength=cells + 1)[:-1].reshape(n_groups, width)
+        for k in np.flatnonzero(counts.any(axis=1)):
+            targets[int(k)].add_counts(counts[k])
+        return
+    # Too many groups for one counting pass (`--by session_id`): each group's values go to it as
+    # they are, after one sort; its accumulator keeps them raw while that is the smaller form.
+    g, x = group[dense], values[dense]
+    order = np.argsort(g, kind="stable")
+    g, x = g[order], x[order]
+    present, starts = np.unique(g, return_index=True)
+    ends = np.r_[starts[1:], g.size]
+    for k, a, b in zip(present, starts, ends, strict=True):
+        targets[int(k)].add(x[a:b])
+
+
+def _in_record_order(cols: dict[str, Any]) -> dict[str, Any]:
+    """Columns sorted by `row_id` (a mean sums in record order, as before; DuckDB keeps scan
+    order through these joins, so this is a check more than a sort)."""
+    row_id = np.asarray(cols["row_id"], dtype=np.int64)
+    if row_id.size < 2 or bool((row_id[1:] > row_id[:-1]).all()):
+        return cols
+    order = np.argsort(row_id, kind="stable")
+    return {k: v[order] for k, v in cols.items()}
 
 
 def _pandas_dtype(sql_type: str) -> str:

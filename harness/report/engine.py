@@ -1,12 +1,21 @@
 """The report's analytical engine: DuckDB over the records of one or many runs, out of core.
 
-Owns how records get from `records.jsonl` files (and worker spools) into one table, `rec`, of an
+Owns how records get from `records.jsonl` files (and worker spools) into one view, `rec`, of an
 embedded DuckDB database, and the connection every later stage queries. Why DuckDB: it reads
-newline-delimited JSON itself (in parallel, straight from the file, only the columns asked for),
-runs every group-by, window and join in a buffer pool capped by `memory_limit` (spilling to a
-temporary folder beyond it), ships as one wheel with no server, and hands results to numpy and
-pandas without copies. Measured against the hand-written msgspec parser it replaces: see
-benchmarks/README.md.
+newline-delimited JSON itself (in parallel, straight from the file), runs every group-by, window
+and join in a buffer pool capped by `memory_limit` (spilling to a temporary folder beyond it),
+ships as one wheel with no server, and hands results to numpy and pandas without copies. Measured
+against the hand-written msgspec parser it replaces: see benchmarks/README.md.
+
+The columnar copy: parsing JSON is most of what reading costs (1.3 GB per million records, most of
+it token offsets), so a run folder's records are parsed once into `records.duckdb` beside them (a
+DuckDB database: table `rec`, every record field, compressed; table `sources`: each records file's
+name, size and mtime when read, its records and broken lines). `records.jsonl` stays the truth: a
+copy whose sources differ from the files now (a spool still growing, a file replaced), or written
+for another column layout (`LAYOUT`), or unreadable, is written again. Whoever reads the records
+first writes it (the report at the end of `harness run`, else the first `harness report`, `compare`
+or `query`); a folder that cannot be written to gets its copy in the engine's temporary folder, for
+this process only. Every later read attaches the copy read-only: no JSON parsed.
 
 The column types come from one place, the `harness.records.Record` dataclass: each field's
 annotation maps to a DuckDB type (`COLUMN_TYPES`), so a field added there is read here. A key a
@@ -21,6 +30,7 @@ file the strict read refuses, or whose required columns come out NULL, is examin
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 import types
@@ -40,7 +50,9 @@ from harness.records import REQUIRED_KEYS, Record
 
 __all__ = [
     "COLUMN_TYPES",
+    "COPY_NAME",
     "DEFAULT_MEMORY_LIMIT",
+    "LAYOUT",
     "NOT_NULL",
     "REPORT_FIELDS",
     "Engine",
@@ -98,6 +110,15 @@ NOT_NULL = tuple(k for k in REQUIRED_KEYS if not COLUMN_TYPES[k][1])
 REPORT_FIELDS = tuple(n for n in COLUMN_TYPES if n not in {"text", "extra", "error_detail", "stream"})
 
 
+#: The columnar copy's file name, beside the records files of a run folder.
+COPY_NAME = "records.duckdb"
+#: Fingerprint of the copy's layout: a copy written for other columns (or another reading rule) is
+#: written again.
+LAYOUT = hashlib.sha256(repr(("copy-1", list(COLUMN_TYPES.items()))).encode()).hexdigest()[:16]
+#: Rows per batch of the streamed event offsets (`Engine.offsets`).
+OFFSET_BATCH_ROWS = 1 << 14
+
+
 class OffsetsConsumer(typing.Protocol):
     """Something computed from the event offsets, a batch of records at a time (`Engine.stream`)."""
 
@@ -114,11 +135,12 @@ class FileRead:
 
 
 class Engine:
-    """A DuckDB database in a temporary folder (removed on `close`), holding table `rec`.
+    """An in-memory DuckDB database (temporary files in a folder removed on `close`) with view `rec`
+    over the columnar copies of the runs loaded (`load_run`).
 
-    `rec` has `run_index` (into the runs given to `load`), `file_index`, the chosen record fields and
-    `n_events` (the length of `event_offsets_us`); its `rowid` follows the files' order, line by line
-    (the order "first appearance" refers to).
+    `rec` has `run_index` (into the runs loaded), `file_index` (within its run), `row_id` (0.. over
+    every record loaded, in the files' order, line by line: the order "first appearance" refers
+    to), the chosen record fields and `n_events` (the length of `event_offsets_us`).
     """
 
     def __init__(
@@ -129,23 +151,20 @@ class Engine:
         self._tmp = tempfile.TemporaryDirectory(prefix="harness-engine-")
         limit = memory_limit or os.environ.get("HARNESS_REPORT_MEMORY") or DEFAULT_MEMORY_LIMIT
         self.limit = limit
+        self.config: dict[str, Any] = {
+            "memory_limit": limit,
+            "temp_directory": self._tmp.name,
+            "preserve_insertion_order": True,
+            "threads": max(1, len(os.sched_getaffinity(0))),
+        }
         try:
-            self.con = duckdb.connect(
-                config={
-                    "memory_limit": limit,
-                    "temp_directory": self._tmp.name,
-                    "preserve_insertion_order": True,
-                    "threads": max(1, len(os.sched_getaffinity(0))),
-                }
-            )
+            self.con = duckdb.connect(config=self.config)
         except duckdb.Error as exc:
             self._tmp.cleanup()
             raise InputError(f"HARNESS_REPORT_MEMORY={limit!r}: not a memory size ({exc})") from exc
-        columns = ", ".join(f'"{n}" {COLUMN_TYPES[n][0]}' for n in self.fields)
-        # n_events: the length of event_offsets_us, taken while reading (later queries then never
-        # touch the lists but to stream them).
-        self.run(f"CREATE TABLE {table} (run_index INTEGER, file_index INTEGER, {columns}, n_events INTEGER)")
-        self._files = 0
+        self._parts: list[str] = []
+        self._rows = 0
+        self._define_view()
 
     def close(self) -> None:
         self.con.close()
@@ -159,76 +178,73 @@ class Engine:
 
     # --- reading -------------------------------------------------------------------------------
 
-    def load(self, path: Path, run_index: int) -> FileRead:
-        """Append one records file's records; raises `InputError` for a line that is not a record."""
-        file_index = self._files
-        self._files += 1
-        start = self._next_rowid()
-        try:
-            self._insert(path, run_index, file_index, strict=True)
-        except duckdb.Error:
-            # Not JSON somewhere (a cut line), or a value the typed read refuses: the tolerant read,
-            # then each suspect line is looked at on its own.
-            self._insert(path, run_index, file_index, strict=False)
-        suspects = self._suspects(start)
-        broken = 0
-        if suspects:
-            broken = self._classify(path, suspects)
-            self.run(
-                f"DELETE FROM {self.table} WHERE rowid IN (SELECT unnest($1::BIGINT[]))",
-                [[start + k for k in suspects]],
-            )
-        (records,) = self.one(f"SELECT count(*) FROM {self.table} WHERE file_index = {file_index}")
-        return FileRead(path, int(records), broken)
-
-    def _next_rowid(self) -> int:
-        (top,) = self.one(f"SELECT max(rowid) FROM {self.table}")
-        return 0 if top is None else int(top) + 1
-
-    def _insert(self, path: Path, run_index: int, file_index: int, *, strict: bool) -> None:
-        spec = ", ".join(f"'{n}': '{t}'" for n, (t, _) in COLUMN_TYPES.items())
-        names = ", ".join(f'"{n}"' for n in self.fields)
-        n_events = "len(event_offsets_us)" if "event_offsets_us" in self.fields else "NULL"
-        self.run(
-            f"INSERT INTO {self.table} SELECT {run_index}, {file_index}, {names}, {n_events} FROM read_json($1, "
-            f"format='newline_delimited', columns={{{spec}}}, ignore_errors={str(not strict).lower()})",
-            [str(path)],
-        )
-
-    def _suspects(self, start: int) -> list[int]:
-        """Positions (among the file's non-blank lines) of rows a record cannot be: a required value
-        NULL, or a list element the typed read could not convert."""
-        checks = [f'"{n}" IS NULL' for n in NOT_NULL if n in self.fields]
-        checks += [
-            f'list_count("{n}") <> len("{n}")' for n in self.fields if COLUMN_TYPES[n][0].endswith("[]")
-        ]
-        if not checks:
-            return []
-        rows = self.con.execute(
-            f"SELECT rowid - {start} FROM {self.table} WHERE rowid >= {start} AND ({' OR '.join(checks)}) "
-            "ORDER BY rowid"
-        ).fetchall()
-        return [int(r[0]) for r in rows]
-
-    def _classify(self, path: Path, suspects: list[int]) -> int:
-        """Count the suspects that are not JSON; raise at the first one that is JSON but not a record."""
-        wanted = iter(suspects)
-        target = next(wanted, None)
-        broken = 0
-        for line_no, position, line in _non_blank_lines(path):
-            if target is None:
-                break
-            if position != target:
-                continue
-            target = next(wanted, None)
+    def load_run(self, run_index: int, paths: Sequence[Path], copy: Path) -> list[FileRead]:
+        """Add one run's records files to `rec`, through their columnar copy `copy` (written first
+        when missing or stale); raises `InputError` for a line that is not a record."""
+        alias = f"run{run_index}"
+        sources = [_source(p, copy.parent) for p in paths]
+        reads = self._attach(copy, alias, paths, sources)
+        if reads is None:
+            target = copy
             try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                broken += 1
-                continue
-            problem = check_record(obj) or "a value of the wrong type"
-            raise InputError(f"{path}:{line_no}: not a record: {problem}")
-        return broken
+                write_copy(paths, sources, target, self.config, self.limit)
+            except _NotWritable:
+                # A read-only run folder: a copy for this process only.
+                target = Path(self._tmp.name) / f"{alias}.duckdb"
+                write_copy(paths, sources, target, self.config, self.limit)
+            reads = self._attach(target, alias, paths, None)
+            if reads is None:
+                raise HarnessError(f"{target}: the columnar copy just written cannot be read")
+        names = ", ".join(f'"{n}"' for n in self.fields)
+        self._parts.append(
+            f"SELECT {int(run_index)}::INTEGER AS run_index, file_index, rowid + {self._rows} AS row_id, "
+            f"{names}, n_events FROM {alias}.rec"
+        )
+        self._rows += sum(r.records for r in reads)
+        self._define_view()
+        return reads
+
+    def _attach(
+        self, path: Path, alias: str, paths: Sequence[Path], sources: list[tuple[str, int, int]] | None
+    ) -> list[FileRead] | None:
+        """Attach a copy read-only; None (detached again) when it is missing, unreadable, of another
+        layout, or its sources differ from `sources` (None: not checked)."""
+        if not path.is_file():
+            return None
+        try:
+            self.con.execute(f"ATTACH {_sql_text(str(path))} AS {alias} (READ_ONLY)")
+        except duckdb.Error:
+            return None
+        try:
+            (layout,) = self.con.execute(f"SELECT fingerprint FROM {alias}.layout").fetchone() or ("",)
+            found = self.con.execute(
+                f"SELECT name, size, mtime_ns, records, broken_lines FROM {alias}.sources ORDER BY file_index"
+            ).fetchall()
+            (count, top) = self.con.execute(f"SELECT count(*), max(rowid) FROM {alias}.rec").fetchone() or (
+                0,
+                0,
+            )
+        except duckdb.Error:
+            found, layout, count, top = [], "", 0, None
+        fresh = (
+            layout == LAYOUT
+            and len(found) == len(paths)
+            and (sources is None or [tuple(f[:3]) for f in found] == sources)
+            and count == sum(int(f[3]) for f in found)
+            and (top is None if count == 0 else top == count - 1)
+        )
+        if not fresh:
+            self.con.execute(f"DETACH {alias}")
+            return None
+        return [FileRead(p, int(f[3]), int(f[4])) for p, f in zip(paths, found, strict=True)]
+
+    def _define_view(self) -> None:
+        body = " UNION ALL ".join(self._parts) or (
+            "SELECT NULL::INTEGER AS run_index, NULL::INTEGER AS file_index, NULL::BIGINT AS row_id, "
+            + ", ".join(f'NULL::{COLUMN_TYPES[n][0]} AS "{n}"' for n in self.fields)
+            + ", NULL::INTEGER AS n_events WHERE false"
+        )
+        self.run(f"CREATE OR REPLACE VIEW {self.table} AS {body}")
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -246,26 +262,23 @@ class Engine:
         with _memory_guard(self.limit):
             return [tuple(r) for r in self.con.execute(query, params).fetchall()]
 
-    def offsets(self, batch_rows: int = 8_192) -> Iterator[tuple[IntArray, IntArray, IntArray]]:
-        """Every record's `event_offsets_us`, a batch of rows at a time (any order within): (rowids, list
-        offsets: record i owns `values[offsets[i]:offsets[i + 1]]`, values). Each batch is its own
-        query over a range of rowids (storage is in rowid order, so it reads only that range):
+    def offsets(self, batch_rows: int = OFFSET_BATCH_ROWS) -> Iterator[tuple[IntArray, IntArray, IntArray]]:
+        """Every record's `event_offsets_us`, a batch of rows at a time (any order): (row ids, list
+        offsets: record i owns `values[offsets[i]:offsets[i + 1]]`, values). One streamed query:
         memory stays flat whatever the number of events."""
-        top = self.max_rowid()
-        for start in range(0, top + 1, batch_rows):
-            with _memory_guard(self.limit):
-                table = self.con.sql(
-                    f"SELECT rowid, event_offsets_us FROM {self.table} WHERE rowid >= {start} "
-                    f"AND rowid < {start + batch_rows}"
-                ).to_arrow_table()
-            if table.num_rows == 0:
-                continue
-            lists = table.column(1).combine_chunks()
-            yield (
-                table.column(0).to_numpy().astype(np.int64, copy=False),
-                lists.offsets.to_numpy().astype(np.int64),
-                lists.values.to_numpy(),  # int32: consumers widen only what they keep
+        with _memory_guard(self.limit):
+            reader = self.con.sql(f"SELECT row_id, event_offsets_us FROM {self.table}").to_arrow_reader(
+                batch_rows
             )
+            for batch in reader:
+                if batch.num_rows == 0:
+                    continue
+                lists = batch.column(1)
+                yield (
+                    batch.column(0).to_numpy().astype(np.int64, copy=False),
+                    lists.offsets.to_numpy().astype(np.int64),
+                    lists.values.to_numpy(),  # int32: consumers widen only what they keep
+                )
 
     def stream(self, consumers: Sequence[OffsetsConsumer]) -> None:
         """One streamed pass over every record's event offsets, each batch fed to every consumer."""
@@ -276,13 +289,155 @@ class Engine:
                 consumer.feed(*batch)
 
     def max_rowid(self) -> int:
-        (top,) = self.one(f"SELECT max(rowid) FROM {self.table}")
-        return -1 if top is None else int(top)
+        return self._rows - 1
 
     def numpy(self, query: str, params: Sequence[Any] | None = None) -> dict[str, Any]:
         """Columns of the result as numpy arrays (masked arrays where a column holds NULLs)."""
         with _memory_guard(self.limit):
             return dict(self.con.execute(query, params).fetchnumpy())
+
+
+class _NotWritable(Exception):
+    """The copy cannot be created where it belongs."""
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _source(path: Path, folder: Path) -> tuple[str, int, int]:
+    """(name relative to the copy's folder, size, mtime in ns) of a records file, as the copy keeps it."""
+    st = path.stat()
+    try:
+        name = str(path.relative_to(folder))
+    except ValueError:
+        name = str(path)
+    return name, int(st.st_size), int(st.st_mtime_ns)
+
+
+def write_copy(
+    paths: Sequence[Path],
+    sources: list[tuple[str, int, int]],
+    target: Path,
+    config: dict[str, Any],
+    limit: str,
+) -> list[FileRead]:
+    """Parse records files into a new columnar copy at `target` (written under a temporary name,
+    then renamed: a reader never sees half a copy). Raises `InputError` for a line that is not a
+    record, `_NotWritable` when the copy cannot be created there."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    leftovers = (tmp, tmp.with_name(tmp.name + ".wal"))
+    for f in leftovers:
+        f.unlink(missing_ok=True)
+    try:
+        con = duckdb.connect(str(tmp), config=config)
+    except (duckdb.IOException, OSError) as exc:
+        raise _NotWritable(str(exc)) from exc
+    try:
+        columns = ", ".join(f'"{n}" {t}' for n, (t, _) in COLUMN_TYPES.items())
+        with _memory_guard(limit):
+            con.execute(f"CREATE TABLE rec (file_index INTEGER, {columns}, n_events INTEGER)")
+            reads = [_copy_file(con, path, i) for i, path in enumerate(paths)]
+            con.execute(
+                "CREATE TABLE sources (file_index INTEGER, name VARCHAR, size BIGINT, mtime_ns BIGINT, "
+                "records BIGINT, broken_lines BIGINT)"
+            )
+            rows = [
+                (i, *src, r.records, r.broken_lines)
+                for i, (src, r) in enumerate(zip(sources, reads, strict=True))
+            ]
+            if rows:
+                con.executemany("INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?)", rows)
+            con.execute("CREATE TABLE layout AS SELECT $1::VARCHAR AS fingerprint", [LAYOUT])
+        con.close()
+        os.replace(tmp, target)
+    except BaseException:
+        con.close()
+        for f in leftovers:
+            f.unlink(missing_ok=True)
+        raise
+    return reads
+
+
+def _copy_file(con: duckdb.DuckDBPyConnection, path: Path, file_index: int) -> FileRead:
+    """Append one records file to the copy's table `rec`: read strictly (the fast path); a file
+    the strict read refuses, or with a suspect row, is read again tolerantly and each suspect line
+    looked at on its own."""
+    (start,) = con.execute("SELECT count(*) FROM rec").fetchone() or (0,)
+    names = ", ".join(f'"{n}"' for n in COLUMN_TYPES)
+    con.begin()
+    try:
+        con.execute(
+            f"INSERT INTO rec SELECT {file_index}, {names}, len(event_offsets_us) FROM {_read(path, strict=True)}"
+        )
+        clean = not _suspects(con, "rec", f"rowid >= {start}", start)
+    except duckdb.OutOfMemoryException:
+        con.rollback()
+        raise
+    except duckdb.Error:
+        clean = False
+    if clean:
+        con.commit()
+        return FileRead(path, _count(con, file_index), 0)
+    con.rollback()
+    # Not JSON somewhere (a cut line), or a value the typed read refuses: each suspect line looked at.
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE stage AS SELECT {file_index} AS file_index, {names}, "
+        f"len(event_offsets_us) AS n_events FROM {_read(path, strict=False)}"
+    )
+    suspects = _suspects(con, "stage", "true", 0)
+    broken = _classify(path, suspects)
+    con.execute(
+        "INSERT INTO rec SELECT * FROM stage WHERE rowid NOT IN (SELECT unnest($1::BIGINT[])) ORDER BY rowid",
+        [suspects],
+    )
+    con.execute("DROP TABLE stage")
+    return FileRead(path, _count(con, file_index), broken)
+
+
+def _read(path: Path, *, strict: bool) -> str:
+    spec = ", ".join(f"'{n}': '{t}'" for n, (t, _) in COLUMN_TYPES.items())
+    return (
+        f"read_json({_sql_text(str(path))}, format='newline_delimited', columns={{{spec}}}, "
+        f"ignore_errors={str(not strict).lower()})"
+    )
+
+
+def _count(con: duckdb.DuckDBPyConnection, file_index: int) -> int:
+    (n,) = con.execute(f"SELECT count(*) FROM rec WHERE file_index = {file_index}").fetchone() or (0,)
+    return int(n)
+
+
+def _suspects(con: duckdb.DuckDBPyConnection, table: str, where: str, start: int) -> list[int]:
+    """Positions (among the file's non-blank lines) of rows a record cannot be: a required value
+    NULL, or a list element the typed read could not convert."""
+    checks = [f'"{n}" IS NULL' for n in NOT_NULL]
+    checks += [f'list_count("{n}") <> len("{n}")' for n, (t, _) in COLUMN_TYPES.items() if t.endswith("[]")]
+    rows = con.execute(
+        f"SELECT rowid - {start} FROM {table} WHERE {where} AND ({' OR '.join(checks)}) ORDER BY rowid"
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _classify(path: Path, suspects: list[int]) -> int:
+    """Count the suspects that are not JSON; raise at the first one that is JSON but not a record."""
+    wanted = iter(suspects)
+    target = next(wanted, None)
+    broken = 0
+    for line_no, position, line in _non_blank_lines(path):
+        if target is None:
+            break
+        if position != target:
+            continue
+        target = next(wanted, None)
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            broken += 1
+            continue
+        problem = check_record(obj) or "a value of the wrong type"
+        raise InputError(f"{path}:{line_no}: not a record: {problem}")
+    return broken
 
 
 @contextlib.contextmanager

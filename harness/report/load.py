@@ -3,8 +3,8 @@
 Owns the run folder's reading side: which files hold its records (`records.jsonl`, or, in a folder
 without one, such as a fleet's, every worker spool `spool/*.records.jsonl`), `manifest.json` (run
 id, the scenario's SLOs), and the optional `host_metrics.jsonl`. Records of every run go into one
-table of the engine (`engine.Engine`); nothing is filtered here (warm-up and trimming are
-`measured`'s job).
+view of the engine (`engine.Engine`, through the run's columnar copy `records.duckdb`); nothing is
+filtered here (warm-up and trimming are `measured`'s job).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 
 from harness.errors import InputError
 from harness.metrics import SLO_KEYS
-from harness.report.engine import REPORT_FIELDS, Engine
+from harness.report.engine import COPY_NAME, REPORT_FIELDS, Engine
 
 __all__ = ["Dataset", "Run", "load_runs", "records_files"]
 
@@ -49,7 +49,7 @@ class Run:
 
 @dataclass
 class Dataset:
-    """All records of the runs loaded (warm-up included) in the engine's table `rec`, and the runs."""
+    """All records of the runs loaded (warm-up included) in the engine's view `rec`, and the runs."""
 
     engine: Engine
     runs: list[Run]
@@ -88,7 +88,7 @@ def load_runs(run_dirs: list[Path], *, memory_limit: str | None = None) -> Datas
         samples: list[pd.DataFrame] = []
         for i, (run_dir, paths) in enumerate(zip(run_dirs, files, strict=True)):
             manifest = _read_manifest(run_dir)
-            reads = [engine.load(p, i) for p in paths]
+            reads = engine.load_run(i, paths, run_dir / COPY_NAME)
             run_id = str(manifest.get("run_id") or run_dir.name)
             runs.append(
                 Run(

@@ -3,9 +3,9 @@
 Owns: warm-up exclusion (`warmup: true` records are counted, never measured), steady-state trimming
 (records SENT in the first and last N seconds of each (run, stage) are dropped), each stage's
 concurrency, the TTFT-at-concurrency-1 baseline that queue time is measured from, and each record's
-SLO limits (from its run's manifest). All of it is the engine's table `r`: table `rec` joined with
+SLO limits (from its run's manifest). All of it is the engine's view `r`: view `rec` joined with
 small tables of per-stage (`seg`), per-run (`run_slo`) and per-(run, host, model) (`c1`) values,
-without the token offsets (those stay in `rec`, by `row_id` = `rec.rowid`).
+without the token offsets (those stay in `rec`, by `row_id`).
 
 Columns `r` adds to the record fields: `row_id` (the file order), `end_unix_ns`, `segment` (the
 record's (run, stage) number), `trimmed`, `measured`, `concurrency`, `ttft_c1_ms`, `slo_ttft_ms`,
@@ -79,7 +79,7 @@ def select(ds: Dataset, trim_s: float | None = None) -> Selection:
     e = ds.engine
     # Stages in order of first appearance; first and last send of their live records.
     seg = e.rows(
-        """SELECT run_id, stage, min(rowid) AS first_row,
+        """SELECT run_id, stage, min(row_id) AS first_row,
                   min(sent_unix_ns) FILTER (WHERE NOT warmup), max(sent_unix_ns) FILTER (WHERE NOT warmup),
                   count(*) FILTER (WHERE NOT warmup)
            FROM rec GROUP BY run_id, stage ORDER BY first_row"""
@@ -126,7 +126,7 @@ def select(ds: Dataset, trim_s: float | None = None) -> Selection:
     e.con.unregister("slo_frame")
     e.run(
         """CREATE OR REPLACE VIEW r0 AS
-           SELECT rec.rowid AS row_id, rec.*,
+           SELECT rec.*,
                   rec.sent_unix_ns + coalesce(trunc(rec.e2e_ms * 1e6)::BIGINT, 0) AS end_unix_ns,
                   s.segment,
                   coalesce(NOT rec.warmup AND (rec.sent_unix_ns < s.first_ns + s.trim_ns
@@ -139,14 +139,15 @@ def select(ds: Dataset, trim_s: float | None = None) -> Selection:
     )
     e.run("CREATE OR REPLACE VIEW r1 AS SELECT *, NOT warmup AND NOT trimmed AS measured FROM r0")
     _ttft_at_c1(ds)
-    # Materialized once, without the token offsets (streamed from `rec` when needed, see
-    # `Engine.offsets`), in record order: every later query is a plain scan of it.
+    # A view, not a table: each query reads only the columns it needs from the columnar copy
+    # (materializing every column would spill past the memory limit and cost more than the joins
+    # with the small tables above). Without the token offsets: see `Engine.offsets`.
     e.run(
-        f"""CREATE OR REPLACE TABLE r AS
+        f"""CREATE OR REPLACE VIEW r AS
            SELECT {_SCALARS}, r1.end_unix_ns, r1.segment, r1.trimmed, r1.measured, r1.concurrency,
                   r1.slo_ttft_ms, r1.slo_tpot_ms, r1.slo_e2e_ms, r1.has_slo, r1.events,
                   c1.ttft_c1_ms
-           FROM r1 LEFT JOIN c1 USING (run_id, host, model) ORDER BY r1.row_id"""
+           FROM r1 LEFT JOIN c1 USING (run_id, host, model)"""
     )
     trimmed = dict(e.rows("SELECT segment, count(*) FROM r0 WHERE trimmed GROUP BY segment"))
     seg_of = {(s[0], s[1]): s[2] for s in seg_rows}

@@ -81,24 +81,24 @@ def _quantile_lines(
 ) -> list[Line]:
     """One CDF line per series: `CDF_POINTS` + 1 quantiles (linear interpolation) of its values."""
     q = np.linspace(0, 1, CDF_POINTS + 1)
-    wanted = [g for g, _ in series]
-    if not wanted:
+    if not series:
         return []
-    found = dict(
-        ctx.dataset.engine.rows(
-            f"""SELECT {grouping.table}.gid, quantile_cont(x, $1) FROM (SELECT *, {value} AS x FROM r) r
-                {grouping.join()}
-                WHERE r.measured AND {where} AND x IS NOT NULL AND isfinite(x) AND {grouping.table}.gid IN
-                    (SELECT unnest($2::INTEGER[]))
-                GROUP BY 1""",
-            [q.tolist(), wanted],
-        )
+    # numpy's quantiles over each group's values (the groups by row id from `group_map`): one scan,
+    # no join with the group table.
+    got = ctx.dataset.engine.numpy(
+        f"SELECT row_id, x FROM (SELECT *, {value} AS x FROM r) WHERE measured AND {where} AND x IS NOT NULL AND isfinite(x)"
     )
-    return [
-        Line(label, np.array(found[g], dtype=np.float64), q * 100, color=i)
-        for i, (g, label) in enumerate(series)
-        if found.get(g) is not None
-    ]
+    x = np.asarray(got["x"], dtype=np.float64)
+    gid = ctx.summarizer.group_map(grouping)[np.asarray(got["row_id"], dtype=np.int64)]
+    order = np.argsort(gid, kind="stable")
+    bounds = np.searchsorted(gid[order], np.arange(len(grouping.keys) + 1))
+    sorted_x = x[order]
+    lines = []
+    for i, (g, label) in enumerate(series):
+        values = sorted_x[bounds[g] : bounds[g + 1]]
+        if values.size:
+            lines.append(Line(label, np.quantile(values, q), q * 100, color=i))
+    return lines
 
 
 def _cdf_figure(

@@ -28,6 +28,7 @@ import orjson
 import pandas as pd
 
 from harness.diagnostics import StreamStats, diagnose, nagle_held
+from harness.report import aggregate
 from harness.report.aggregate import Summarizer
 from harness.report.load import Dataset
 
@@ -228,40 +229,48 @@ class Sample:
         self, rowids: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], values: npt.NDArray[Any]
     ) -> None:
         groups = self.pick_group[rowids]
-        if not (groups >= 0).any():
+        keep = groups >= 0
+        if not keep.any():
             return
         lengths = np.diff(offsets)
-        v = np.asarray(values[offsets[0] : offsets[-1]], dtype=np.int64)
-        owner = np.repeat(np.arange(lengths.size), lengths)
-        token_group = groups[owner].astype(np.int64)
-        self.total += np.bincount(token_group[token_group >= 0], minlength=self.total.size)
-        if v.size < 2:
+        v = values[offsets[0] : offsets[-1]]
+        if not keep.all():
+            # Only the sampled records' events (a share of the batch in a large run).
+            v = v[np.repeat(keep, lengths)]
+            rowids, groups, lengths = rowids[keep], groups[keep], lengths[keep]
+        starts = np.zeros(lengths.size + 1, np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        self.total += np.bincount(groups, weights=lengths, minlength=self.total.size).astype(np.int64)
+        if v.size == 0:
             return
+        owner = np.repeat(np.arange(lengths.size, dtype=np.int32), lengths)
         # Tokens that came in the first token's read (equal stamps): a held first token piles up.
-        first_of_token = v[(offsets[:-1] - offsets[0])[owner]]
-        with_first = np.bincount(owner[v == first_of_token], minlength=lengths.size)
-        picked = (groups >= 0) & (lengths > 0)
-        self.first_read[self.pick_pos[rowids[picked]]] = with_first[picked]
-        two = picked & (lengths >= 2)
-        start = (offsets[:-1] - offsets[0])[two]
-        n = lengths[two]
-        first, second = v[start], v[start + 1]
-        spread = v[start + n - 1] - first >= (n - 1) * SPREAD_US
+        has = lengths > 0
+        first = np.zeros(lengths.size, v.dtype)
+        first[has] = v[starts[:-1][has]]
+        with_first = np.bincount(owner[v == first[owner]], minlength=lengths.size)
+        self.first_read[self.pick_pos[rowids[has]]] = with_first[has]
+        # First two content events on one stamp, where the host spread its tokens over time.
+        two = lengths >= 2
+        start, n = starts[:-1][two], lengths[two]
+        first2 = v[start].astype(np.int64)
+        second = v[start + 1].astype(np.int64)
+        spread = v[start + n - 1].astype(np.int64) - first2 >= (n - 1) * SPREAD_US
         pair_group = groups[two].astype(np.int64)[spread]
         self.first_pairs += np.bincount(pair_group, minlength=self.first_pairs.size)
         self.first_alike += np.bincount(
-            pair_group[(first == second)[spread]], minlength=self.first_alike.size
+            pair_group[(first2 == second)[spread]], minlength=self.first_alike.size
         )
-        same = owner[1:] == owner[:-1]
-        equal = same & (v[1:] == v[:-1])
+        gaps, gap_group = aggregate.batch_gaps(starts, v, groups)
+        if gaps.size == 0:
+            return
+        # A token is in a burst when its stamp equals a neighbour's in the same record.
+        equal = (gaps == 0) & (gap_group >= 0)
         burst = np.zeros(v.size, bool)
         burst[:-1] |= equal
         burst[1:] |= equal
-        self.bursty += np.bincount(token_group[burst & (token_group >= 0)], minlength=self.bursty.size)
-        gap_group = token_group[1:][same]
-        gaps = np.diff(v)[same]
-        for k in np.unique(gap_group[gap_group >= 0]):
-            self.raw[int(k)].add(gaps[gap_group == k])
+        self.bursty += np.bincount(groups[owner[burst]], minlength=self.bursty.size)
+        aggregate.add_grouped(self.raw, gaps, gap_group)
 
 
 def sample(ds: Dataset, summarizer: Summarizer) -> Sample:
@@ -411,6 +420,15 @@ class _Counts:
     def __init__(self) -> None:
         self.counts = np.zeros(0, np.int64)
         self.others: list[npt.NDArray[np.int64]] = []
+        self.dense_limit = self.LIMIT
+
+    def add_counts(self, counts: npt.NDArray[np.int64]) -> None:
+        """Add samples given as counts by value (below `LIMIT`)."""
+        if counts.size > self.counts.size:
+            grown = np.zeros(counts.size, np.int64)
+            grown[: self.counts.size] = self.counts
+            self.counts = grown
+        self.counts[: counts.size] += counts
 
     def add(self, values: npt.NDArray[np.int64]) -> None:
         dense = (values >= 0) & (values < self.LIMIT)
