@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,10 @@ class RunOptions:
     """Live progress on stderr while a headless run loads (harness.progress); `--quiet` turns it off."""
     progress_interval_s: float = 5.0
     command_line: list[str] = field(default_factory=lambda: list(sys.argv))
+    started_hosts: dict[int, StartedHost] | None = None
+    """Embedded hosts the caller already started (`start_embedded_hosts`), by index in
+    `scenario.hosts`: the run uses them (and records their kind and pid) instead of starting its own;
+    the caller stops them. `harness capacity` starts them once for all its steps."""
 
 
 @dataclass
@@ -84,6 +89,30 @@ class RunOutcome:
     problems: list[str]
     hints: list[str] = field(default_factory=list)
     """One line per wire pattern the report named, for the console after the table."""
+
+
+StartedHost = tuple[str, str | None, int | None]
+"""(base URL, embedded kind, pid) of a host the harness started, as `plan.build_targets` takes it."""
+
+
+def start_embedded_hosts(
+    hosts: list[HostSpec], log_path: Callable[[int, str], Path], children: list[ChildHost]
+) -> dict[int, StartedHost]:
+    """Start every embedded host of `hosts` on a free port, logging to `log_path(index, kind)`.
+    Each started child is appended to `children` as soon as it runs, so a caller's cleanup stops
+    it even when a later one fails to start. Returns them by index in `hosts`."""
+    urls: dict[int, StartedHost] = {}
+    for i, spec in enumerate(hosts):
+        if spec.embedded:
+            sys.stderr.write(f"harness: starting embedded {spec.embedded} host\n")
+            child = start_child_host(
+                spec.embedded,
+                ["--port", "0", *options_to_flags(spec.options)],
+                log_path=log_path(i, spec.embedded),
+            )
+            children.append(child)
+            urls[i] = (child.base_url, spec.embedded, child.pid)
+    return urls
 
 
 def options_to_flags(options: dict[str, Any]) -> list[str]:
@@ -348,17 +377,10 @@ def execute_run(opts: RunOptions) -> RunOutcome:
     progress_cpu_s: float | None = None
     stage = "starting hosts"
     try:
-        urls: dict[int, tuple[str, str | None, int | None]] = {}
-        for i, spec in enumerate(sc.hosts):
-            if spec.embedded:
-                sys.stderr.write(f"harness: starting embedded {spec.embedded} host\n")
-                child = start_child_host(
-                    spec.embedded,
-                    ["--port", "0", *options_to_flags(spec.options)],
-                    log_path=rd.host_log(i, spec.embedded),
-                )
-                children.append(child)
-                urls[i] = (child.base_url, spec.embedded, child.pid)
+        if opts.started_hosts is not None:
+            urls = dict(opts.started_hosts)  # started (and stopped) by the caller
+        else:
+            urls = start_embedded_hosts(sc.hosts, rd.host_log, children)
         stage = "probing hosts"
         targets = build_targets(sc, urls)
         stage = "workload"

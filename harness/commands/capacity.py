@@ -158,9 +158,9 @@ def _level_name(mode: str, level: float) -> str:
 def run(args: argparse.Namespace) -> int:
     import harness.capacity as method
     from harness.capacity import FAIL, PASS, UNCLEAR, Search, decide_on_values, judge
-    from harness.rundir import machine, make_run_dir, new_run_id, utc, versions, write_json
-    from harness.runner import RunOptions, execute_run, options_to_flags
-    from harness.servers.ready import ChildHost, start_child_host
+    from harness.rundir import RunDir, machine, make_run_dir, new_run_id, utc, versions, write_json
+    from harness.runner import RunOptions, execute_run, start_embedded_hosts
+    from harness.servers.ready import ChildHost
 
     opts = _options(args)
     overrides: dict[str, Any] = {}
@@ -215,23 +215,16 @@ def run(args: argparse.Namespace) -> int:
     problems: list[str] = []
     exit_code = 0
     try:
-        hosts: list[HostSpec] = []
-        for i, spec in enumerate(scenario.hosts):
-            if spec.embedded:
-                sys.stderr.write(f"harness: starting embedded {spec.embedded} host\n")
-                child = start_child_host(
-                    spec.embedded,
-                    ["--port", "0", *options_to_flags(spec.options)],
-                    log_path=cap_dir / "hosts" / f"{i}-{spec.embedded}.log",
-                )
-                children.append(child)
-                spec = spec.model_copy(update={"url": child.base_url, "embedded": None, "options": {}})
-            hosts.append(spec)
+        # Started once for the whole search (the runner's own start), passed to every step as
+        # already started so each step's manifest still names the host's kind and pid.
+        running = start_embedded_hosts(scenario.hosts, RunDir(cap_dir).host_log, children)
+        hosts = list(scenario.hosts)
         models: list[str | None] = list(scenario.models) or [None]
-        pairs = [(h, m) for h in hosts for m in ([*h.models] if h.models else models)]
-        for ti, (host, model) in enumerate(pairs):
+        pairs = [(i, h, m) for i, h in enumerate(hosts) for m in ([*h.models] if h.models else models)]
+        for ti, (host_i, host, model) in enumerate(pairs):
+            url = running[host_i][0] if host_i in running else host.url
             search = Search(args.mode, opts["start"], args.resolution, max_level=opts["max_level"])
-            target: dict[str, Any] = {"host": host.url, "model": model, "steps": [], "answer": None}
+            target: dict[str, Any] = {"host": url, "model": model, "steps": [], "answer": None}
             doc["targets"].append(target)
             first = True
             while (level := search.next()) is not None:
@@ -276,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
                             report=False,
                             progress=False,  # one console row per step is the search's own progress
                             command_line=list(sys.argv),
+                            started_hosts={0: running[host_i]} if host_i in running else {},
                         )
                     )
                     step["segments"].append(
