@@ -162,7 +162,7 @@ def test_rate_search_returns_the_hosts_throughput(tmp_path: Path) -> None:
     duration_s = statistics.median(first) / 1000
     expected = N / duration_s
     assert abs(lo / expected - 1) <= 0.10, (lo, expected, proc.stdout)
-    assert f"{lo:.3g} requests/s" in proc.stdout
+    assert f"{lo:.3g} req/s" in proc.stdout
     assert stats["max_generating"] == N and stats["chat_requests"] == len(records(cap_dir))
 
 
@@ -222,6 +222,35 @@ def test_time_budget_ends_the_search_with_the_bracket_so_far(tmp_path: Path) -> 
     (target,) = doc(tmp_path / "out" / "c")["targets"]
     assert [s["level"] for s in target["steps"]] == [1] and target["budget_ended"] is True
     assert "at least 1 users (no failing level reached)" in proc.stdout and "time budget ended" in proc.stdout
+
+
+@pytest.mark.slow
+def test_pairs_the_budget_never_reached_are_not_tried_and_embedded_hosts_keep_their_identity(
+    tmp_path: Path,
+) -> None:
+    """Two embedded sims searched in turn under one budget with room for the first pair only: the
+    second is `not tried`, not failing (exit 0); every step's run folder names the embedded host
+    it ran against (kind and pid, sampled into host_metrics.jsonl)."""
+    sc = tmp_path / "two.yaml"
+    opts = f"{{max_concurrency: {N}, ttft_ms: {TTFT_MS}, itl_ms: {ITL_MS}}}"
+    sc.write_text(
+        f"name: two\nhosts:\n  - {{embedded: sim, name: a, options: {opts}}}\n"
+        f"  - {{embedded: sim, name: b, options: {opts}}}\nrequest: {{max_tokens: {TOKENS}}}\n"
+    )
+    proc, _ = capacity(sc, tmp_path / "out", "--budget", "9s")
+    assert proc.returncode == 0, proc.stderr
+    cap_dir = tmp_path / "out" / "c"
+    first, second = doc(cap_dir)["targets"]
+    assert first["steps"] and not first.get("not_tried")
+    assert second["steps"] == [] and second["not_tried"] is True
+    assert "not tried (time budget ended)" in proc.stdout
+    assert "no load level met the SLOs" not in proc.stdout
+    step_dirs = sorted((cap_dir / "steps").iterdir())
+    assert step_dirs
+    for d in step_dirs:
+        (h,) = orjson.loads((d / "manifest.json").read_bytes())["hosts"]
+        assert h["embedded"] == "sim" and h["pid"] > 0, h
+        assert (d / "host_metrics.jsonl").stat().st_size > 0
 
 
 def test_bad_slo_syntax_exits_2_with_one_line(tmp_path: Path) -> None:

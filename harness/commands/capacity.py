@@ -30,11 +30,11 @@ from typing import Any
 
 from harness import thresholds
 from harness.errors import HarnessError, InputError
+from harness.report.writers.capacity import CAPACITY_FILE, answer_line
 from harness.scenario import HostSpec, StageSpec, load_scenario, parse_duration
 
 __all__ = ["CAPACITY_FILE", "add_parser", "run"]
 
-CAPACITY_FILE = "capacity.json"
 STEPS_DIR = "steps"
 
 
@@ -148,7 +148,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _level_text(mode: str, level: float) -> str:
-    return f"{int(level)} users" if mode == "users" else f"{level:.3g} requests/s"
+    return f"{int(level)} users" if mode == "users" else f"{level:.3g} req/s"
 
 
 def _level_name(mode: str, level: float) -> str:
@@ -299,7 +299,9 @@ def run(args: argparse.Namespace) -> int:
             target["answer"] = search.answer()
             target["tried"] = search.tried
             target["seconds"] = round(time.monotonic() - started, 3)
-            answers.append(_answer_line(args.mode, target))
+            if target.get("budget_ended") and not target["steps"]:
+                target["not_tried"] = True  # the budget, shared in turn, ended before this pair
+            answers.append(answer_line(doc, target))
             write_json(cap_dir / CAPACITY_FILE, doc)
     except _StepFailed as exc:
         problems.append(str(exc))
@@ -330,7 +332,9 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     for p in problems:
         sys.stderr.write(f"harness: {p}\n")
-    if exit_code == 0 and any(t["answer"] and not t["answer"]["highest_passing"] for t in doc["targets"]):
+    if exit_code == 0 and any(
+        t["answer"] and not t["answer"]["highest_passing"] and not t.get("not_tried") for t in doc["targets"]
+    ):
         exit_code = 1
     print(cap_dir)
     return exit_code
@@ -356,35 +360,3 @@ def _step_row(mode: str, n: int, step: dict[str, Any]) -> str:
     )
     segs = len(step["segments"])
     return "  ".join(parts) + f"  -> {tail}  ({segs} segment{'s' if segs > 1 else ''})"
-
-
-def _answer_line(mode: str, target: dict[str, Any]) -> str:
-    """`tiny-chat @ 127.0.0.1:5273: 24 users (24–25), 6,900 output tok/s, TTFT p95 412 ms at the limit`."""
-    from harness.report.tables import host_label
-
-    key = target.get("key") or {}
-    who = f"{key.get('model') or target['model'] or '?'} @ {host_label(key.get('host') or target['host'] or '?')}"
-    ans = target["answer"]
-    lo, hi = ans["highest_passing"], ans["lowest_failing"]
-    unit = "users" if mode == "users" else "requests/s"
-    hi_text = _level_num(mode, hi) if hi is not None else "not reached"
-    budget = ", time budget ended" if target.get("budget_ended") else ""
-    if not lo:
-        return f"{who}: no load level met the SLOs (lowest tried failed: {hi_text} {unit}){budget}"
-    at = next((s for s in reversed(target["steps"]) if s["level"] == lo and s["verdict"] == "pass"), None)
-    extra = ""
-    if at and at.get("judgement"):
-        j = at["judgement"]
-        if j.get("output_tokens_per_s") is not None:
-            extra += f", {j['output_tokens_per_s']:,.0f} output tok/s"
-        for s in j["slos"]:
-            if s["value"] is not None:
-                extra += f", {s['metric']} {s['value']:,.4g}"
-        extra += " at the limit"
-    if hi is None:
-        return f"{who}: at least {_level_num(mode, lo)} {unit} (no failing level reached){extra}{budget}"
-    return f"{who}: {_level_num(mode, lo)} {unit} ({_level_num(mode, lo)}–{hi_text}){extra}{budget}"
-
-
-def _level_num(mode: str, level: float) -> str:
-    return str(int(level)) if mode == "users" else f"{level:.3g}"

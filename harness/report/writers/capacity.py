@@ -16,7 +16,7 @@ from harness.report.svg import PALETTE, nice_ticks
 from harness.report.tables import host_label
 from harness.rundir import read_json
 
-__all__ = ["CAPACITY_FILE", "answer_lines", "is_capacity_dir", "write"]
+__all__ = ["CAPACITY_FILE", "answer_line", "answer_lines", "is_capacity_dir", "write"]
 
 CAPACITY_FILE = "capacity.json"
 HTML_NAME = "capacity.html"
@@ -51,7 +51,7 @@ def _who(target: dict[str, Any]) -> str:
 
 
 def _unit(doc: dict[str, Any]) -> str:
-    return "users" if doc.get("mode") == "users" else "requests/s"
+    return "users" if doc.get("mode") == "users" else "req/s"
 
 
 def _lv(doc: dict[str, Any], level: float | None) -> str:
@@ -60,18 +60,37 @@ def _lv(doc: dict[str, Any], level: float | None) -> str:
     return str(int(level)) if doc.get("mode") == "users" else f"{level:.3g}"
 
 
+def answer_line(doc: dict[str, Any], t: dict[str, Any]) -> str:
+    """One host and model's answer, e.g. `tiny-chat @ 127.0.0.1:5273: 24 users (24–25), 6,900
+    output tok/s, ttft_p95_ms 412 at the limit` (rate mode: `R req/s`). The console's and the
+    reports' line."""
+    who = _who(t)
+    if t.get("not_tried"):
+        return f"{who}: not tried (time budget ended)"
+    a = t.get("answer") or {}
+    lo, hi = a.get("highest_passing"), a.get("lowest_failing")
+    unit = _unit(doc)
+    budget = ", time budget ended" if t.get("budget_ended") else ""
+    hi_text = _lv(doc, hi) if hi is not None else "not reached"
+    if not lo:
+        return f"{who}: no load level met the SLOs (lowest tried failed: {hi_text} {unit}){budget}"
+    extra = ""
+    knee = _knee(t)
+    if knee is not None:
+        j = knee["judgement"]
+        if j.get("output_tokens_per_s") is not None:
+            extra += f", {j['output_tokens_per_s']:,.0f} output tok/s"
+        for s in j.get("slos", []):
+            if s.get("value") is not None:
+                extra += f", {s['metric']} {s['value']:,.4g}"
+        extra += " at the limit"
+    if hi is None:
+        return f"{who}: at least {_lv(doc, lo)} {unit} (no failing level reached){extra}{budget}"
+    return f"{who}: {_lv(doc, lo)} {unit} ({_lv(doc, lo)}–{hi_text}){extra}{budget}"
+
+
 def answer_lines(doc: dict[str, Any]) -> list[str]:
-    out = []
-    for t in doc.get("targets", []):
-        a = t.get("answer") or {}
-        lo, hi = a.get("highest_passing"), a.get("lowest_failing")
-        if not lo:
-            out.append(f"{_who(t)}: no load level met the SLOs")
-        elif hi is None:
-            out.append(f"{_who(t)}: at least {_lv(doc, lo)} {_unit(doc)} (no failing level reached)")
-        else:
-            out.append(f"{_who(t)}: {_lv(doc, lo)} {_unit(doc)} ({_lv(doc, lo)}–{_lv(doc, hi)})")
-    return out
+    return [answer_line(doc, t) for t in doc.get("targets", [])]
 
 
 def _steps(t: dict[str, Any]) -> list[dict[str, Any]]:
