@@ -265,6 +265,98 @@ def test_bad_slo_syntax_exits_2_with_one_line(tmp_path: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith("harness: --slo") and says in lines[0], proc.stderr
         assert not list(tmp_path.iterdir())  # nothing started, no run folder
     proc = harness(
-        "capacity", "--slo", SLO, "--step-duration", "2s", "--trim", "1s", "--host", "http://127.0.0.1:9/v1"
+        "capacity",
+        "--slo",
+        SLO,
+        "--step-duration",
+        "2s",
+        "--trim",
+        "1s",
+        "--host",
+        "http://127.0.0.1:9/v1",
+        "--out",
+        str(tmp_path),
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--trim" in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--max-level", "-3"], "--max-level -3: expected a level above 0"),
+        (["--max-level", "0"], "--max-level 0: expected a level above 0"),
+        (["--max-level", "2.5"], "--max-level 2.5: users mode needs a whole number"),
+        (["--start", "8", "--max-level", "4"], "--start 8: above --max-level 4"),
+        (["--mode", "rate", "--start", "5000"], "--start 5000: above --max-level 4096"),
+        (["--trim", "-1s"], "--trim"),
+        (["--max-requests", "10"], "--max-requests 10: not with harness capacity"),
+        (["--max-requests", "10", "--workers", "4"], "--max-requests 10: not with harness capacity"),
+        (["--input-tokens", "abc"], "--input-tokens"),
+        (["--dataset", "/nonexistent.jsonl"], "--dataset /nonexistent.jsonl: file not found"),
+    ],
+)
+def test_bad_levels_and_workload_flags_exit_2_before_anything_starts(
+    tmp_path: Path, flags: list[str], says: str
+) -> None:
+    proc = harness(
+        "capacity", "--slo", SLO, "--host", "http://127.0.0.1:9/v1", "--out", str(tmp_path), *flags
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing started, no run folder
+
+
+def test_a_scenario_request_limit_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """`workload.max_requests` would stop every step early; with more workers than the first level
+    it would also fail mid-search: refused at once, whatever --workers says."""
+    sc = tmp_path / "limit.yaml"
+    sc.write_text("name: limit\nhosts: [{url: 'http://127.0.0.1:9/v1'}]\nworkload: {max_requests: 50}\n")
+    out = tmp_path / "out"
+    proc = harness("capacity", str(sc), "--slo", SLO, "--workers", "4", "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"{sc}: workload.max_requests 50: not with harness capacity" in line
+    assert not out.exists()
+
+
+def test_trim_0_is_accepted_and_means_no_trimming() -> None:
+    from harness.cli import build_parser
+    from harness.commands.capacity import _options
+
+    args = build_parser().parse_args(["capacity", "--slo", SLO, "--trim", "0"])
+    assert _options(args)["trim_s"] == 0.0
+
+
+def test_answer_lines_rate_mode_not_tried_and_report_share_one_text() -> None:
+    from harness.report.writers.capacity import answer_lines
+
+    step = {
+        "level": 12.5,
+        "verdict": PASS,
+        "segments": [{}],
+        "judgement": {"output_tokens_per_s": 1234.0, "slos": [{"metric": "ttft_p95_ms", "value": 99.0}]},
+    }
+    doc_ = {
+        "mode": "rate",
+        "targets": [
+            {
+                "host": "http://127.0.0.1:1/v1",
+                "model": "m",
+                "steps": [step],
+                "answer": {"highest_passing": 12.5, "lowest_failing": 13.0},
+            },
+            {
+                "host": "http://127.0.0.1:2/v1",
+                "model": "m",
+                "steps": [],
+                "budget_ended": True,
+                "not_tried": True,
+                "answer": {"highest_passing": None, "lowest_failing": None},
+            },
+        ],
+    }
+    first, second = answer_lines(doc_)
+    assert first.endswith(": 12.5 req/s (12.5–13), 1,234 output tok/s, ttft_p95_ms 99 at the limit"), first
+    assert second.endswith(": not tried (time budget ended)"), second

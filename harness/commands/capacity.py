@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import thresholds
+from harness.commands.run import add_workload_flags, workload_overrides
 from harness.errors import HarnessError, InputError
 from harness.report.writers.capacity import CAPACITY_FILE, answer_line
 from harness.scenario import HostSpec, StageSpec, load_scenario, parse_duration
@@ -36,6 +37,10 @@ from harness.scenario import HostSpec, StageSpec, load_scenario, parse_duration
 __all__ = ["CAPACITY_FILE", "add_parser", "run"]
 
 STEPS_DIR = "steps"
+_NO_MAX_REQUESTS = (
+    "{}: not with harness capacity (every step would stop after that many requests); "
+    "steps last --step-duration"
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -90,6 +95,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--host", action="append", metavar="URL", help="host base URL (repeatable)")
     p.add_argument("--model", action="append", metavar="NAME", help="model id or alias (repeatable)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="output tokens per request")
+    # The run command's workload flags, same names and checks; --max-requests is refused below
+    # (every step would stop after N requests).
+    add_workload_flags(p)
+    for action in p._actions:
+        if action.dest == "max_requests":
+            action.help = argparse.SUPPRESS  # accepted only to be refused with a reason
     p.add_argument("--seed", type=int, help="seed for prompts and the bootstrap")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="local Locust worker processes")
     p.add_argument(
@@ -119,7 +130,13 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(str(exc)) from None
     step_s = _duration("--step-duration", args.step_duration)
     budget_s = _duration("--budget", args.budget)
-    trim_s = _duration("--trim", args.trim) if args.trim is not None else min(5.0, 0.2 * step_s)
+    if args.trim is None:
+        trim_s = min(5.0, 0.2 * step_s)
+    else:
+        try:
+            trim_s = parse_duration(args.trim)
+        except ValueError as exc:
+            raise InputError(f"--trim {args.trim!r}: {exc}") from None  # 0 is allowed: no trimming
     if 2 * trim_s >= step_s:
         raise InputError(
             f"--trim {trim_s:g} s: must leave part of a {step_s:g} s step (less than half of it)"
@@ -130,6 +147,13 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(f"--start {args.start:g}: expected a level above 0")
     if args.mode == "users" and args.start is not None and args.start != int(args.start):
         raise InputError(f"--start {args.start:g}: users mode needs a whole number of users")
+    if args.max_level is not None:
+        if not args.max_level > 0:
+            raise InputError(f"--max-level {args.max_level:g}: expected a level above 0")
+        if args.mode == "users" and args.max_level != int(args.max_level):
+            raise InputError(f"--max-level {args.max_level:g}: users mode needs a whole number of users")
+    if args.max_requests is not None:
+        raise InputError(_NO_MAX_REQUESTS.format(f"--max-requests {args.max_requests}"))
     if not 0 < args.resolution < 1:
         raise InputError(f"--resolution {args.resolution:g}: expected a fraction between 0 and 1, e.g. 0.05")
     if args.max_extensions < 0:
@@ -137,13 +161,16 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     if args.workers < 0:
         raise InputError(f"--workers {args.workers}: expected 0 or more")
     max_level = args.max_level or (1024 if args.mode == "users" else 4096)
+    start = args.start or 1.0
+    if start > max_level:
+        raise InputError(f"--start {start:g}: above --max-level {max_level:g}")
     return {
         "slos": slos,
         "step_s": step_s,
         "budget_s": budget_s,
         "trim_s": trim_s,
         "max_level": max_level,
-        "start": args.start or 1.0,
+        "start": start,
     }
 
 
@@ -174,7 +201,13 @@ def run(args: argparse.Namespace) -> int:
         overrides["seed"] = args.seed
     if args.arrival:
         overrides["load.arrival"] = args.arrival
+    overrides.update(workload_overrides(args))
     scenario = load_scenario(args.scenario, overrides)
+    if scenario.workload is not None and scenario.workload.max_requests is not None:
+        where = args.scenario or "scenario"
+        raise InputError(
+            _NO_MAX_REQUESTS.format(f"{where}: workload.max_requests {scenario.workload.max_requests}")
+        )
     if not scenario.hosts:
         from harness.runner import DEFAULT_EMBEDDED
 
