@@ -360,3 +360,51 @@ def test_answer_lines_rate_mode_not_tried_and_report_share_one_text() -> None:
     first, second = answer_lines(doc_)
     assert first.endswith(": 12.5 req/s (12.5–13), 1,234 output tok/s, ttft_p95_ms 99 at the limit"), first
     assert second.endswith(": not tried (time budget ended)"), second
+
+
+def _hand_made_capacity_dir(path: Path, **drop: bool) -> Path:
+    d = {
+        "run_id": "c",
+        "mode": "users",
+        "slos": [SLO],
+        "step_duration_s": 3,
+        "trim_s": 0.6,
+        "targets": [
+            {
+                "host": "http://127.0.0.1:1/v1",
+                "model": "m",
+                "steps": [],
+                "answer": {"highest_passing": None, "lowest_failing": 1},
+            }
+        ],
+    }
+    for key in drop:
+        del d[key]
+    path.mkdir()
+    (path / "capacity.json").write_bytes(orjson.dumps(d))
+    return path
+
+
+def test_report_on_a_capacity_folder_refuses_records_flags_and_checks_its_keys(tmp_path: Path) -> None:
+    cap = _hand_made_capacity_dir(tmp_path / "cap")
+    ok = harness("report", str(cap))
+    assert ok.returncode == 0, ok.stderr
+    assert (cap / "capacity.html").is_file() and "no load level met the SLOs" in ok.stdout
+    other = tmp_path / "other"
+    other.mkdir()
+    for flags, says in (
+        (["--format", "json"], "--format: not for a capacity run folder"),
+        (["--by", "stage", "--trim-s", "1"], "--by, --trim-s: not for a capacity run folder"),
+        (["--threshold", SLO], "--threshold: not for a capacity run folder"),
+        ([str(other)], "a capacity run folder is reported alone"),
+    ):
+        proc = harness("report", str(cap), *flags)
+        assert proc.returncode == 2, (flags, proc.stderr)
+        (line,) = proc.stderr.strip().splitlines()
+        assert says in line, line
+    bad = _hand_made_capacity_dir(tmp_path / "bad", run_id=True)
+    proc = harness("report", str(bad))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "capacity.json: no 'run_id'" in line, line
+    assert not (bad / "capacity.html").exists()

@@ -16,6 +16,7 @@ from harness.errors import CheckFailed, InputError
 
 __all__ = ["add_parser", "split_list"]
 
+FORMAT_DEFAULT = "md,csv,html,json"
 BY_KEYS = (
     "run, host, model, stage, prompt_id, worker, connection, turn, session_id (or any label or integer field "
     "of a record)"
@@ -39,7 +40,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--format",
-        default="md,csv,html,json",
+        default=FORMAT_DEFAULT,
         help="comma-separated formats: md, csv, html, json (default: all)",
     )
     p.add_argument("--by", help=f"comma-separated group keys from {BY_KEYS} (default: run,host,model,stage)")
@@ -73,10 +74,11 @@ def run(args: argparse.Namespace) -> int:
     from harness.report import build
     from harness.report.writers import capacity
 
-    if len(args.run_dirs) == 1 and capacity.is_capacity_dir(args.run_dirs[0]):
+    if any(capacity.is_capacity_dir(d) for d in args.run_dirs):
         # A capacity run folder (`harness capacity`): its own report, from capacity.json.
+        _check_capacity_flags(args)
         files = capacity.write(args.run_dirs[0], args.out)
-        print("\n".join(capacity.answer_lines(orjson_load(args.run_dirs[0] / capacity.CAPACITY_FILE))))
+        print("\n".join(capacity.answer_lines(capacity.read_doc(args.run_dirs[0]))))
         print(f"wrote {', '.join(p.name for p in files)}")
         print(args.out or args.run_dirs[0])
         return 0
@@ -126,10 +128,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def orjson_load(path: Path) -> dict[str, Any]:
-    from harness.rundir import read_json
-
-    return read_json(path, "a capacity search")
+def _check_capacity_flags(args: argparse.Namespace) -> None:
+    """A capacity run folder's report is capacity.html and capacity.md from its capacity.json: the
+    flags that shape a records report do not apply, and are refused rather than ignored."""
+    if len(args.run_dirs) > 1:
+        raise InputError(
+            f"{', '.join(map(str, args.run_dirs))}: a capacity run folder is reported alone "
+            "(harness report CAPACITY_DIR; its steps/* are ordinary run folders)"
+        )
+    given = [
+        flag
+        for flag, on in (
+            ("--format", args.format != FORMAT_DEFAULT),
+            ("--by", args.by is not None),
+            ("--trim-s", args.trim_s is not None),
+            ("--recover", args.recover),
+            ("--threshold", bool(args.threshold)),
+        )
+        if on
+    ]
+    if given:
+        raise InputError(
+            f"{args.run_dirs[0]}: {', '.join(given)}: not for a capacity run folder (its report is "
+            "capacity.html and capacity.md; report its steps/* folders for the rest)"
+        )
 
 
 def default_out_dir(kind: str) -> Path:

@@ -12,11 +12,12 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from harness.errors import InputError
 from harness.report.svg import PALETTE, nice_ticks
 from harness.report.tables import host_label
 from harness.rundir import read_json
 
-__all__ = ["CAPACITY_FILE", "answer_line", "answer_lines", "is_capacity_dir", "write"]
+__all__ = ["CAPACITY_FILE", "answer_line", "answer_lines", "is_capacity_dir", "read_doc", "write"]
 
 CAPACITY_FILE = "capacity.json"
 HTML_NAME = "capacity.html"
@@ -303,12 +304,51 @@ def render_md(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "run_id": str,
+    "mode": str,
+    "slos": list,
+    "step_duration_s": (int, float),
+    "trim_s": (int, float),
+    "targets": list,
+}
+
+
+def read_doc(cap_dir: Path) -> dict[str, Any]:
+    """`capacity.json`, its required keys checked (InputError, one line naming the file and key)."""
+    path = cap_dir / CAPACITY_FILE
+    doc = read_json(path, "a capacity search (harness capacity)")
+    for key, kind in _REQUIRED.items():
+        if key not in doc:
+            raise InputError(f"{path}: no {key!r} (a capacity search written by harness capacity has it)")
+        if not isinstance(doc[key], kind) or isinstance(doc[key], bool):
+            raise InputError(f"{path}: {key!r} is {type(doc[key]).__name__}, expected {_kind(kind)}")
+    for i, t in enumerate(doc["targets"]):
+        if not isinstance(t, dict) or not isinstance(t.get("steps", []), list):
+            raise InputError(f"{path}: targets[{i}]: expected an object with a list of steps")
+        for k, s in enumerate(t.get("steps", [])):
+            if not isinstance(s, dict) or not isinstance(s.get("level"), int | float):
+                raise InputError(f"{path}: targets[{i}].steps[{k}]: expected an object with a numeric level")
+    return doc
+
+
+def _kind(kind: type | tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+
+
 def write(cap_dir: Path, out_dir: Path | None = None) -> list[Path]:
     """Write `capacity.html` and `capacity.md` for a capacity run folder; returns the files."""
-    doc = read_json(cap_dir / CAPACITY_FILE, "a capacity search (harness capacity)")
+    doc = read_doc(cap_dir)
+    try:
+        html_text, md_text = render_html(doc), render_md(doc)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        # A hand-edited step deeper down than read_doc checks: one line, not a traceback.
+        raise InputError(
+            f"{cap_dir / CAPACITY_FILE}: unexpected content ({type(exc).__name__}: {exc})"
+        ) from None
     out_dir = out_dir or cap_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     html, md = out_dir / HTML_NAME, out_dir / MD_NAME
-    html.write_text(render_html(doc), encoding="utf-8")
-    md.write_text(render_md(doc), encoding="utf-8")
+    html.write_text(html_text, encoding="utf-8")
+    md.write_text(md_text, encoding="utf-8")
     return [md, html]
