@@ -241,9 +241,12 @@ def test_pairs_the_budget_never_reached_are_not_tried_and_embedded_hosts_keep_th
         f"name: two\nhosts:\n  - {{embedded: sim, name: a, options: {opts}}}\n"
         f"  - {{embedded: sim, name: b, options: {opts}}}\nrequest: {{max_tokens: {TOKENS}}}\n"
     )
-    proc, _ = capacity(sc, tmp_path / "out", "--budget", "9s")
+    proc, _ = capacity(sc, tmp_path / "out", "--budget", "9s", "--input-tokens", "24")
     assert proc.returncode == 0, proc.stderr
     cap_dir = tmp_path / "out" / "c"
+    # The workload flag reached every step: each request asked for 24 prompt tokens.
+    recs = [r for r in records(cap_dir) if not r["warmup"]]
+    assert recs and {r["requested_input_tokens"] for r in recs} == {24}
     first, second = doc(cap_dir)["targets"]
     assert first["steps"] and not first.get("not_tried")
     assert second["steps"] == [] and second["not_tried"] is True
