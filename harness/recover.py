@@ -23,6 +23,13 @@ from harness.rundir import RunDir
 __all__ = ["Recovery", "Scan", "recover_run", "scan_records", "spool_files"]
 
 
+class _Extra(msgspec.Struct, gc=False):
+    """A retried attempt's link to the attempt before (`users.py` tags it); other keys skipped."""
+
+    retry_of: int | None = None
+    attempt: int = 0
+
+
 class _Head(msgspec.Struct, gc=False):
     """The fields the orchestrator checks; everything else in a line is skipped unparsed."""
 
@@ -32,6 +39,7 @@ class _Head(msgspec.Struct, gc=False):
     warmup: bool
     error: str | None = None
     seq: int = -1
+    extra: _Extra | None = None
 
 
 _DECODE = msgspec.json.Decoder(_Head)
@@ -52,6 +60,9 @@ def _heads(path: Path) -> Iterator[tuple[bytes, _Head | None]]:
 @dataclass
 class Scan:
     measured: int = 0
+    first_attempts: int = 0
+    """Measured records that are not a retry of an earlier attempt: one per request taken from
+    the workload pool, what an exact request limit counts."""
     warmup: int = 0
     broken: int = 0
     workers: Counter[str] = field(default_factory=Counter)
@@ -71,6 +82,8 @@ def scan_records(path: Path) -> Scan:
             scan.warmup += 1
         else:
             scan.measured += 1
+            if head.extra is None or (head.extra.retry_of is None and head.extra.attempt == 0):
+                scan.first_attempts += 1
             scan.workers[head.worker] += 1
             scan.by_host.setdefault(head.host, []).append((head.sent_unix_ns, head.error))
     return scan

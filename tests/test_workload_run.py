@@ -244,3 +244,27 @@ workload:
     (stats,) = embedded_sim_stats(run_dir).values()
     answered = stats["chat_requests"] - _calibration_probes(run_dir)
     assert sum(r["ok"] for r in recs) <= answered <= 40
+
+
+def test_a_request_limit_counts_first_attempts_when_429s_are_retried(tmp_path: Path) -> None:
+    """A retried attempt is a record of its own but the same request from the pool: the limit
+    holds N first attempts (the host's own count) and the run exits 0."""
+    n = 20
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        SIM.replace("{ttft_ms: 2, itl_ms: 1}", "{ttft_ms: 2, itl_ms: 1, fault_429: 0.3, retry_after_s: 0}")
+        + "retry: {on_429: retry, max_retries: 20}\n"
+        + f"workload: {{output_tokens: 8, max_requests: {n}}}\n"
+    )
+    proc = harness("run", str(path), "--no-report", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = Path(last_line(proc.stdout))
+    recs = [r for r in records(run_dir) if not r["warmup"]]
+    retries = [r for r in recs if "retry_of" in r["extra"]]
+    assert retries, "some requests were retried (the case under test)"
+    (stats,) = embedded_sim_stats(run_dir).values()
+    # The host's count: every chat request it received less those it answered 429, less the
+    # calibration probes (none: no input length range) = the requests it served, once each.
+    assert stats["chat_requests"] - stats["faults"]["429"] == n
+    assert len(recs) - len(retries) == n and sum(r["ok"] for r in recs) == n
+    assert _manifest(run_dir)["state"] == "complete"
