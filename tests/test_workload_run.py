@@ -146,6 +146,10 @@ workload:
         (["--dataset", "{bad}"], "bad.jsonl:3:"),
         (["--dataset", "{bad}", "--input-tokens", "normal:50,5"], "with a dataset, input_tokens"),
         (["--max-requests", "4", "--workers", "2", "--users", "1"], "--max-requests with --workers 2"),
+        (
+            ["--max-requests", "4", "--master", "--expect-workers", "3", "--users", "2"],
+            "--master --expect-workers 3: needs at least 3 users in every stage (the first stage has 2)",
+        ),
     ],
 )
 def test_bad_workload_flags_are_one_line_naming_the_flag_or_file_line(
@@ -160,6 +164,24 @@ def test_bad_workload_flags_are_one_line_naming_the_flag_or_file_line(
     assert len(lines) == 1 and names in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists(), "bad input stops the run before a run folder is made"
+
+
+def test_a_request_limit_with_workers_needs_their_users_in_every_stage(tmp_path: Path) -> None:
+    """A later stage with fewer users than workers would leave a worker's share unsent (the run
+    then delivers fewer than N, quietly): refused up front."""
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        SIM.replace(
+            "load: {users: 3, duration: 60s}",
+            "load: {stages: [{duration: 5s, users: 4}, {duration: 60s, users: 1}]}",
+        )
+        + "workload: {output_tokens: 8, max_requests: 40}\n"
+    )
+    proc = harness("run", str(path), "--out", str(tmp_path / "out"), "--workers", "2")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs at least 2 users in every stage (stage 2 has 1)" in lines[0], lines
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_bad_workload_section_names_the_field(tmp_path: Path) -> None:
