@@ -290,3 +290,21 @@ def test_a_request_limit_counts_first_attempts_when_429s_are_retried(tmp_path: P
     assert stats["chat_requests"] - stats["faults"]["429"] == n
     assert len(recs) - len(retries) == n and sum(r["ok"] for r in recs) == n
     assert _manifest(run_dir)["state"] == "complete"
+
+
+def test_a_limit_run_that_reaches_its_duration_short_of_the_limit_says_so(tmp_path: Path) -> None:
+    """The duration is the limit's other bound: no failure (exit 0), but a problem line and the
+    manifest say how many of the N requests the run delivered (the host's own count)."""
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        SIM.replace("itl_ms: 1", "itl_ms: 50").replace("duration: 60s", "duration: 2s")
+        + "workload: {output_tokens: 20, max_requests: 1000}\n"
+    )
+    proc = harness("run", str(path), "--no-report", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = Path(last_line(proc.stdout))
+    (stats,) = embedded_sim_stats(run_dir).values()
+    sent = stats["chat_requests"]
+    assert 0 < sent < 1000
+    line = f"the planned duration ended with {sent} of the 1000 requests asked"
+    assert line in proc.stderr and line in _manifest(run_dir)["problems"], proc.stderr
