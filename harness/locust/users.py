@@ -135,10 +135,20 @@ class UserState:
         its time): the share is not done while any is."""
         self.done = False
         """Every request of this process's share is sent and answered (a request limit was met)."""
+        self.late = False
+        """A worker that joined after the test started: the workload was split among the workers
+        there were, so it has no share and sends no workload request."""
         workload = workload_from_plan(plan)
         if workload is not None:
             spec = self.scenario.workload
             assert spec is not None
+            self.late = self._joined_late(environment)
+            if self.late:
+                log.warning(
+                    "worker %s joined after the test started: the workload was split among the "
+                    "workers there were, so it sends no workload requests",
+                    self.worker,
+                )
             index, count = self._worker_slot(environment)
             # Built here, when the first user starts: before this process sends anything.
             self.pool = RequestPool(
@@ -151,6 +161,12 @@ class UserState:
         workers = [w for w in option(environment, "harness_workers").split(",") if w]
         me = getattr(environment.runner, "client_id", "") if self.is_worker else ""
         return (workers.index(me), len(workers)) if me in workers else (0, 1)
+
+    def _joined_late(self, environment: Environment) -> bool:
+        """A worker missing from the master's list of the run's workers (made at test start)."""
+        workers = [w for w in option(environment, "harness_workers").split(",") if w]
+        me = getattr(environment.runner, "client_id", "")
+        return self.is_worker and bool(workers) and me not in workers
 
     def _arrivals(self, environment: Environment) -> Arrivals:
         index, count = self._worker_slot(environment)
@@ -561,7 +577,8 @@ class ChatUser(User):
             sched_unix_ns = st.t0_unix_ns + int(at_s * 1e9)
         item = None
         if st.pool is not None:
-            item = self._next_item()
+            # A late worker has no share: taking (0, 1)'s would send the whole workload again.
+            item = None if st.late else self._next_item()
             if item is None:  # this process's share of the request limit is sent
                 st.pool_exhausted()
                 raise StopUser()
