@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if len(args.run_dirs) == 1 and capacity.is_capacity_dir(args.run_dirs[0]):
         # A capacity run folder (`harness capacity`): its own report, from capacity.json.
         files = capacity.write(args.run_dirs[0], args.out)
-        print("\n".join(capacity.answer_lines(orjson_load(args.run_dirs[0] / capacity.CAPACITY_FILE))))
+        print("\n".join(capacity.answer_lines(read_capacity(args.run_dirs[0] / capacity.CAPACITY_FILE))))
         print(f"wrote {', '.join(p.name for p in files)}")
         print(args.out or args.run_dirs[0])
         return 0
@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def orjson_load(path: Path) -> dict[str, Any]:
+def read_capacity(path: Path) -> dict[str, Any]:
+    """A capacity search's `capacity.json` (a bad one: one line naming the file, exit 2)."""
     from harness.rundir import read_json
 
     return read_json(path, "a capacity search")

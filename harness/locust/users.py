@@ -127,12 +127,12 @@ class UserState:
         self.conversations = 0
         """Conversations users of this process hold and have not finished."""
         self.taken = 0
+        """Requests taken from the pool and not yet answered (an open-loop one may still wait for
+        its time): the share is not done while any is."""
         self.orphans: deque[tuple[WorkItem | None, Conversation | None]] = deque()
         """Work a stopped user left (a stage with fewer users): a request taken but never sent, or
         a conversation's remaining turns; the next user to ask takes it before the pool, so a
         request limit stays exact."""
-        """Requests taken from the pool and not yet answered (an open-loop one may still wait for
-        its time): the share is not done while any is."""
         self.done = False
         """Every request of this process's share is sent and answered (a request limit was met)."""
         self.late = False
@@ -546,10 +546,12 @@ class ChatUser(User):
         self.prompts = st.plan.prompts
         self.connect_failures = 0
         self.conv: Conversation | None = None
+        """The conversation this user holds (a workload with conversations)."""
         self.unsent: WorkItem | None = None
         """The request taken and not yet sent (an open-loop one waits for its time)."""
         self.awaiting_reply = False
-        """The conversation this user holds (a workload with conversations)."""
+        """A turn of the held conversation was sent and its answer is not in the history yet: a
+        user stopped now adds an empty answer before handing the conversation on."""
         # Locust starts a batch of users at once each second; without a random first wait they
         # would send, and with fixed lengths keep sending, in lock-step (the first wave inflates the
         # tail: the report's "first wave" diagnostic). Open-loop users wait for their arrivals instead.
