@@ -138,23 +138,42 @@ class UserState:
         self.late = False
         """A worker that joined after the test started: the workload was split among the workers
         there were, so it has no share and sends no workload request."""
-        workload = workload_from_plan(plan)
-        if workload is not None:
-            spec = self.scenario.workload
-            assert spec is not None
-            self.late = self._joined_late(environment)
-            if self.late:
-                log.warning(
-                    "worker %s joined after the test started: the workload was split among the "
-                    "workers there were, so it sends no workload requests",
-                    self.worker,
-                )
-            index, count = self._worker_slot(environment)
-            # Built here, when the first user starts: before this process sends anything.
-            self.pool = RequestPool(
-                workload, worker=index, workers=count, max_requests=spec.max_requests, prebuild=spec.prebuild
-            )
+        # Built here, when the first user starts: before this process sends anything.
+        self._build_pool(environment)
         self._greenlets = [gevent.spawn(self._flush_loop), gevent.spawn(self._monitor_loop)]
+
+    def _build_pool(self, environment: Environment) -> None:
+        workload = workload_from_plan(self.plan)
+        if workload is None:
+            return
+        spec = self.scenario.workload
+        assert spec is not None
+        self.late = self._joined_late(environment)
+        if self.late:
+            log.warning(
+                "worker %s joined after the test started: the workload was split among the "
+                "workers there were, so it sends no workload requests",
+                self.worker,
+            )
+        index, count = self._worker_slot(environment)
+        self.pool = RequestPool(
+            workload, worker=index, workers=count, max_requests=spec.max_requests, prebuild=spec.prebuild
+        )
+
+    def restart(self, environment: Environment) -> None:
+        """A new test in this process (the web UI's Start after a stop, a request limit's too): the
+        stage clock, the arrivals and this process's share of the workload start over, as for the
+        first test. Without this a limit met once left the pool empty and `done` set, so a second
+        Start sent nothing and never stopped."""
+        self.t0_unix_ns = int(option(environment, "harness_t0") or time.time_ns())
+        self.worker_index = self._worker_slot(environment)[0]
+        self.arrivals = self._arrivals(environment)
+        self.conversations = 0
+        self.taken = 0
+        self.orphans.clear()
+        self.done = False
+        self.pool = None
+        self._build_pool(environment)
 
     def _worker_slot(self, environment: Environment) -> tuple[int, int]:
         """(index, count) of this process among the run's workers; (0, 1) when it runs alone."""
@@ -460,7 +479,13 @@ def _master_quit(environment: Environment, runner: MasterRunner) -> None:
 def _on_test_start(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
+        # The spawn message has brought this test's options (stage clock, the run's workers).
+        if PROCESS.users is not None:
+            PROCESS.users.restart(environment)
         return
+    # A second test in this process (web UI): a request limit is counted afresh.
+    PROCESS.master_done.clear()
+    PROCESS.master_quitting = False
     opts = environment.parsed_options
     if opts is not None:
         # The stage clock and the open-loop split, sent to workers with the spawn message.
@@ -471,6 +496,8 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         opts.harness_t0 = str(time.time_ns() + int(lead_s * 1e9))
         if isinstance(runner, MasterRunner):
             opts.harness_workers = ",".join(sorted(w.id for w in runner.clients.all))
+    if PROCESS.users is not None:
+        PROCESS.users.restart(environment)
     if option(environment, "harness_plan"):
         return  # `harness run` did the warm-up before starting Locust
     from harness.warmup import run_warmup
