@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -26,8 +27,9 @@ __all__ = ["Recovery", "Scan", "recover_run", "scan_records", "spool_files"]
 class _Extra(msgspec.Struct, gc=False):
     """A retried attempt's link to the attempt before (`users.py` tags it); other keys skipped."""
 
-    retry_of: int | None = None
-    attempt: int = 0
+    # Any: a value of another type must not make the whole line unreadable (a "broken" line).
+    retry_of: Any = None
+    attempt: Any = 0
 
 
 class _Head(msgspec.Struct, gc=False):
@@ -82,7 +84,7 @@ def scan_records(path: Path) -> Scan:
             scan.warmup += 1
         else:
             scan.measured += 1
-            if head.extra is None or (head.extra.retry_of is None and head.extra.attempt == 0):
+            if head.extra is None or (head.extra.retry_of is None and not head.extra.attempt):
                 scan.first_attempts += 1
             scan.workers[head.worker] += 1
             scan.by_host.setdefault(head.host, []).append((head.sent_unix_ns, head.error))
