@@ -463,8 +463,15 @@ def execute_run(opts: RunOptions) -> RunOutcome:
         problems.append(f"records missing: Locust counted {counted} requests, records.jsonl holds {measured}")
         exit_code = max(exit_code, 3)
     # A retried attempt (429, `retry.on_429: retry`) is a record of its own but the same request
-    # from the pool: the limit counts first attempts.
-    if max_requests is not None and ended_early and exit_code == 0 and scan.first_attempts != max_requests:
+    # from the pool: the limit counts first attempts. A web session is the user's to start (each
+    # Start sends the limit afresh) and stop: no count to hold it to.
+    if (
+        max_requests is not None
+        and ended_early
+        and not opts.web
+        and exit_code == 0
+        and scan.first_attempts != max_requests
+    ):
         problems.append(
             f"Locust stopped before the planned duration with {scan.first_attempts} of the "
             f"{max_requests} requests asked"

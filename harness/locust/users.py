@@ -382,7 +382,9 @@ def _on_init(environment: Environment, **_: Any) -> None:
             data["harness_final"] = runner.state == STATE_STOPPED
             st = PROCESS.users
             if st is not None and st.done:
-                data["harness_done"] = True
+                # Which test's share is done: a report sent before a new test's spawn message
+                # reached this worker (web UI, second Start) must not end that new test.
+                data["harness_done"] = st.t0_unix_ns
             if st is not None:
                 if st.unsent:
                     data["harness_records"], st.unsent = st.unsent, []
@@ -412,7 +414,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
                 PROCESS.master_final.add(client_id)
             else:
                 PROCESS.master_final.discard(client_id)
-            if data.get("harness_done"):
+            done, t0 = data.get("harness_done"), option(environment, "harness_t0")
+            if done is not None and (not t0 or done == int(t0)):
                 _worker_done(environment, runner, client_id)
             lines = data.get("harness_records")
             if lines:
