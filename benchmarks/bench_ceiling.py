@@ -150,6 +150,13 @@ def run_once(a: argparse.Namespace, host: ExactHost, users: int, watch: bool, d:
     lo = sends[0] + int((a.ramp_s + 1.0 + a.settle_s) * 1e9)  # + 1 s: the scenario's stagger
     hi = min(lo + int(a.window_s * 1e9), sends[-1])
     ok = [r for r in records if lo <= r["sent_unix_ns"] < hi and r.get("ok") and r.get("ttft_ms") is not None]
+    if not ok:
+        # Every figure below is over these requests (a share of them, percentiles): none to judge.
+        errors = sorted({str(r.get("error")) for r in records if not r.get("ok")})
+        raise SystemExit(
+            f"bench_ceiling: harness at {users} users: no request in the measured window succeeded "
+            f"({len(records)} records, errors: {', '.join(errors) or 'none'}; see {d / 'client.log'})"
+        )
     truth = host.truth_rows()
     truth = truth[(truth[:, 0] >= lo) & (truth[:, 0] < hi)]
     ttft = np.array([r["ttft_ms"] for r in ok])

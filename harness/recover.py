@@ -15,12 +15,21 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from harness.rundir import RunDir
 
 __all__ = ["Recovery", "Scan", "recover_run", "scan_records", "spool_files"]
+
+
+class _Extra(msgspec.Struct, gc=False):
+    """A retried attempt's link to the attempt before (`users.py` tags it); other keys skipped."""
+
+    # Any: a value of another type must not make the whole line unreadable (a "broken" line).
+    retry_of: Any = None
+    attempt: Any = 0
 
 
 class _Head(msgspec.Struct, gc=False):
@@ -32,6 +41,7 @@ class _Head(msgspec.Struct, gc=False):
     warmup: bool
     error: str | None = None
     seq: int = -1
+    extra: _Extra | None = None
 
 
 _DECODE = msgspec.json.Decoder(_Head)
@@ -52,6 +62,9 @@ def _heads(path: Path) -> Iterator[tuple[bytes, _Head | None]]:
 @dataclass
 class Scan:
     measured: int = 0
+    first_attempts: int = 0
+    """Measured records that are not a retry of an earlier attempt: one per request taken from
+    the workload pool, what an exact request limit counts."""
     warmup: int = 0
     broken: int = 0
     workers: Counter[str] = field(default_factory=Counter)
@@ -71,6 +84,8 @@ def scan_records(path: Path) -> Scan:
             scan.warmup += 1
         else:
             scan.measured += 1
+            if head.extra is None or (head.extra.retry_of is None and not head.extra.attempt):
+                scan.first_attempts += 1
             scan.workers[head.worker] += 1
             scan.by_host.setdefault(head.host, []).append((head.sent_unix_ns, head.error))
     return scan

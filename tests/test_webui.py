@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -695,3 +696,68 @@ def test_llm_tab_charts_draw_the_live_series_of_the_records(tmp_path: Path) -> N
         for key in want:
             assert [lg["series"][key][i] for i in same] == [s[key][i] for i in same], (_group_name(g), key)
         assert all(a <= b for a, b in zip(lg["series"]["requests"], s["requests"], strict=False))
+
+
+def _post(url: str, data: dict[str, Any] | None = None) -> None:
+    body = urllib.parse.urlencode(data or {}).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as resp:
+        assert resp.status == 200
+
+
+def _state(url: str) -> str:
+    with urllib.request.urlopen(url + "stats/requests", timeout=10) as resp:
+        return str(orjson.loads(resp.read())["state"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_second_start_after_a_request_limit_sends_the_limit_again(tmp_path: Path, workers: int) -> None:
+    """Web UI, `--max-requests 6`: the first Start ends at 6 requests; a second Start (after the
+    limit stopped the test) sends 6 more and stops again, by the host's own count, alone and with
+    two worker processes. It used to send nothing and never stop: the pool was built once per
+    process and the limit's flags never reset."""
+    from harness_helpers import sim_stats
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with sim_host("--ttft-ms", "5", "--itl-ms", "5") as sim:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", "run", "--web", "--web-port", str(port), "--host", sim.base_url]
+            + ["--output-tokens", "5", "--max-requests", "6", "--out", str(tmp_path), "--run-id", "web2"]
+            + ["--workers", str(workers), "--users", "2"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            _wait_http(url, proc)
+            before = sim_stats(sim.base_url)["chat_requests"]  # the warm-up
+            out = err = ""
+            for start in (1, 2):
+                _post(url + "swarm", {"user_count": "2", "spawn_rate": "2"})
+                deadline = time.monotonic() + 30
+                # The spawn reaches workers a moment after /swarm answers: wait for the requests
+                # first, then for the stop the limit makes.
+                while (sent := sim_stats(sim.base_url)["chat_requests"] - before) < 6 * start or (
+                    _state(url) != "stopped"
+                ):
+                    assert time.monotonic() < deadline, (
+                        f"Start {start}: {sent} sent, the limit never stopped it"
+                    )
+                    time.sleep(0.2)
+                time.sleep(0.5)  # nothing more comes after the stop
+                sent = sim_stats(sim.base_url)["chat_requests"] - before
+                assert sent == 6 * start, (start, sent)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                out, err = proc.communicate(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+    # Two Starts, 12 requests: no "stopped before ... of the 6 requests asked" (a web session's
+    # count is its user's), and the session ends as a web session does, on Ctrl-C.
+    assert proc.returncode == 0 and "requests asked" not in err, err[-2000:]
+    assert len([r for r in records(Path(last_line(out))) if not r["warmup"]]) == 12

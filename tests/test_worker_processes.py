@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -130,3 +131,41 @@ def test_local_worker_processes(tmp_path: Path) -> None:
         stats = sim_stats(sim.base_url)
     assert proc.returncode == 0, proc.stderr
     check_every_record_arrived(Path(last_line(proc.stdout)), proc.stderr, stats, processes=2)
+
+
+def test_a_worker_that_joins_after_the_start_sends_no_workload_request(tmp_path: Path) -> None:
+    """The workload is split among the workers there are at test start; a later one has no share.
+    Falling back to "alone" it would send the whole workload again: the host's own count shows
+    the limit exact."""
+    n = 40
+    port = free_port()
+    run_dir = tmp_path / "late"
+    with sim_host("--ttft-ms", "5", "--itl-ms", "30") as sim:
+        master = spawn(
+            *("run", "--host", sim.base_url, "--users", "2", "--duration", "60s", "--no-report"),
+            *("--output-tokens", "10", "--max-requests", str(n)),
+            *("--master", "--expect-workers", "1", "--master-bind-host", "127.0.0.1"),
+            *("--master-bind-port", str(port), "--out", str(tmp_path), "--run-id", "late"),
+        )
+        first = spawn("worker", "--master-host", "127.0.0.1", "--master-port", str(port))
+        late = None
+        try:
+            deadline = time.monotonic() + 60
+            # The test has started once the first measured records reach the master.
+            while not (
+                (run_dir / "records.jsonl").exists()
+                and b'"warmup":false' in (run_dir / "records.jsonl").read_bytes().replace(b" ", b"")
+            ):
+                assert time.monotonic() < deadline and master.poll() is None, "the run never started"
+                time.sleep(0.1)
+            late = spawn("worker", "--master-host", "127.0.0.1", "--master-port", str(port))
+            _, err = finish(master, 90)
+        finally:
+            finish(first, 30)
+            _, late_err = finish(late, 30) if late is not None else ("", "")
+        stats = sim_stats(sim.base_url)
+    assert master.returncode == 0, err
+    recs = [r for r in records(run_dir) if not r["warmup"]]
+    assert stats["chat_requests"] == len(records(run_dir)) and len(recs) == n
+    assert len({r["worker"] for r in recs}) == 1
+    assert "joined after the test started" in late_err, late_err[-2000:]

@@ -146,6 +146,10 @@ workload:
         (["--dataset", "{bad}"], "bad.jsonl:3:"),
         (["--dataset", "{bad}", "--input-tokens", "normal:50,5"], "with a dataset, input_tokens"),
         (["--max-requests", "4", "--workers", "2", "--users", "1"], "--max-requests with --workers 2"),
+        (
+            ["--max-requests", "4", "--master", "--expect-workers", "3", "--users", "2"],
+            "--master --expect-workers 3: needs at least 3 users in every stage (the first stage has 2)",
+        ),
     ],
 )
 def test_bad_workload_flags_are_one_line_naming_the_flag_or_file_line(
@@ -160,6 +164,24 @@ def test_bad_workload_flags_are_one_line_naming_the_flag_or_file_line(
     assert len(lines) == 1 and names in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists(), "bad input stops the run before a run folder is made"
+
+
+def test_a_request_limit_with_workers_needs_their_users_in_every_stage(tmp_path: Path) -> None:
+    """A later stage with fewer users than workers would leave a worker's share unsent (the run
+    then delivers fewer than N, quietly): refused up front."""
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        SIM.replace(
+            "load: {users: 3, duration: 60s}",
+            "load: {stages: [{duration: 5s, users: 4}, {duration: 60s, users: 1}]}",
+        )
+        + "workload: {output_tokens: 8, max_requests: 40}\n"
+    )
+    proc = harness("run", str(path), "--out", str(tmp_path / "out"), "--workers", "2")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs at least 2 users in every stage (stage 2 has 1)" in lines[0], lines
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_bad_workload_section_names_the_field(tmp_path: Path) -> None:
@@ -243,4 +265,49 @@ workload:
         assert sorted(turns[sid]) == list(range(1, full + 1)), (sid, turns[sid])
     (stats,) = embedded_sim_stats(run_dir).values()
     answered = stats["chat_requests"] - _calibration_probes(run_dir)
-    assert sum(r["ok"] for r in recs) <= answered <= 40
+    # The host's own count: each record, the `stopped` ones too, is a request it received. A stop
+    # lands only where a user yields: while connecting (then the request never left), or after the
+    # request was written. Every user connected on its first request, 1.5 s before the stage change.
+    assert answered == 40
+
+
+def test_a_request_limit_counts_first_attempts_when_429s_are_retried(tmp_path: Path) -> None:
+    """A retried attempt is a record of its own but the same request from the pool: the limit
+    holds N first attempts (the host's own count) and the run exits 0."""
+    n = 20
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        SIM.replace("{ttft_ms: 2, itl_ms: 1}", "{ttft_ms: 2, itl_ms: 1, fault_429: 0.3, retry_after_s: 0}")
+        + "retry: {on_429: retry, max_retries: 20}\n"
+        + f"workload: {{output_tokens: 8, max_requests: {n}}}\n"
+    )
+    proc = harness("run", str(path), "--no-report", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = Path(last_line(proc.stdout))
+    recs = [r for r in records(run_dir) if not r["warmup"]]
+    retries = [r for r in recs if "retry_of" in r["extra"]]
+    assert retries, "some requests were retried (the case under test)"
+    (stats,) = embedded_sim_stats(run_dir).values()
+    # The host's count: every chat request it received less those it answered 429, less the
+    # calibration probes (none: no input length range) = the requests it served, once each.
+    assert stats["chat_requests"] - stats["faults"]["429"] == n
+    assert len(recs) - len(retries) == n and sum(r["ok"] for r in recs) == n
+    assert _manifest(run_dir)["state"] == "complete"
+
+
+def test_a_limit_run_that_reaches_its_duration_short_of_the_limit_says_so(tmp_path: Path) -> None:
+    """The duration is the limit's other bound: no failure (exit 0), but a problem line and the
+    manifest say how many of the N requests the run delivered (the host's own count)."""
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        SIM.replace("itl_ms: 1", "itl_ms: 50").replace("duration: 60s", "duration: 2s")
+        + "workload: {output_tokens: 20, max_requests: 1000}\n"
+    )
+    proc = harness("run", str(path), "--no-report", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = Path(last_line(proc.stdout))
+    (stats,) = embedded_sim_stats(run_dir).values()
+    sent = stats["chat_requests"]
+    assert 0 < sent < 1000
+    line = f"the planned duration ended with {sent} of the 1000 requests asked"
+    assert line in proc.stderr and line in _manifest(run_dir)["problems"], proc.stderr

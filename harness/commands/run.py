@@ -23,7 +23,7 @@ _LENGTHS = "a length or distribution: 256, 128:512 (uniform), normal:256,64, log
 
 def add_workload_flags(g: Any) -> None:
     """`--input-tokens`, `--output-tokens`, `--dataset`, `--max-requests`: the scenario's `workload`
-    section from the command line (also used by `harness bench`)."""
+    section from the command line, for `harness run`."""
     g.add_argument(
         "--input-tokens",
         metavar="LEN",

@@ -127,30 +127,65 @@ class UserState:
         self.conversations = 0
         """Conversations users of this process hold and have not finished."""
         self.taken = 0
+        """Requests taken from the pool and not yet answered (an open-loop one may still wait for
+        its time): the share is not done while any is."""
         self.orphans: deque[tuple[WorkItem | None, Conversation | None]] = deque()
         """Work a stopped user left (a stage with fewer users): a request taken but never sent, or
         a conversation's remaining turns; the next user to ask takes it before the pool, so a
         request limit stays exact."""
-        """Requests taken from the pool and not yet answered (an open-loop one may still wait for
-        its time): the share is not done while any is."""
         self.done = False
         """Every request of this process's share is sent and answered (a request limit was met)."""
-        workload = workload_from_plan(plan)
-        if workload is not None:
-            spec = self.scenario.workload
-            assert spec is not None
-            index, count = self._worker_slot(environment)
-            # Built here, when the first user starts: before this process sends anything.
-            self.pool = RequestPool(
-                workload, worker=index, workers=count, max_requests=spec.max_requests, prebuild=spec.prebuild
-            )
+        self.late = False
+        """A worker that joined after the test started: the workload was split among the workers
+        there were, so it has no share and sends no workload request."""
+        # Built here, when the first user starts: before this process sends anything.
+        self._build_pool(environment)
         self._greenlets = [gevent.spawn(self._flush_loop), gevent.spawn(self._monitor_loop)]
+
+    def _build_pool(self, environment: Environment) -> None:
+        workload = workload_from_plan(self.plan)
+        if workload is None:
+            return
+        spec = self.scenario.workload
+        assert spec is not None
+        self.late = self._joined_late(environment)
+        if self.late:
+            log.warning(
+                "worker %s joined after the test started: the workload was split among the "
+                "workers there were, so it sends no workload requests",
+                self.worker,
+            )
+        index, count = self._worker_slot(environment)
+        self.pool = RequestPool(
+            workload, worker=index, workers=count, max_requests=spec.max_requests, prebuild=spec.prebuild
+        )
+
+    def restart(self, environment: Environment) -> None:
+        """A new test in this process (the web UI's Start after a stop, a request limit's too): the
+        stage clock, the arrivals and this process's share of the workload start over, as for the
+        first test. Without this a limit met once left the pool empty and `done` set, so a second
+        Start sent nothing and never stopped."""
+        self.t0_unix_ns = int(option(environment, "harness_t0") or time.time_ns())
+        self.worker_index = self._worker_slot(environment)[0]
+        self.arrivals = self._arrivals(environment)
+        self.conversations = 0
+        self.taken = 0
+        self.orphans.clear()
+        self.done = False
+        self.pool = None
+        self._build_pool(environment)
 
     def _worker_slot(self, environment: Environment) -> tuple[int, int]:
         """(index, count) of this process among the run's workers; (0, 1) when it runs alone."""
         workers = [w for w in option(environment, "harness_workers").split(",") if w]
         me = getattr(environment.runner, "client_id", "") if self.is_worker else ""
         return (workers.index(me), len(workers)) if me in workers else (0, 1)
+
+    def _joined_late(self, environment: Environment) -> bool:
+        """A worker missing from the master's list of the run's workers (made at test start)."""
+        workers = [w for w in option(environment, "harness_workers").split(",") if w]
+        me = getattr(environment.runner, "client_id", "")
+        return self.is_worker and bool(workers) and me not in workers
 
     def _arrivals(self, environment: Environment) -> Arrivals:
         index, count = self._worker_slot(environment)
@@ -347,7 +382,9 @@ def _on_init(environment: Environment, **_: Any) -> None:
             data["harness_final"] = runner.state == STATE_STOPPED
             st = PROCESS.users
             if st is not None and st.done:
-                data["harness_done"] = True
+                # Which test's share is done: a report sent before a new test's spawn message
+                # reached this worker (web UI, second Start) must not end that new test.
+                data["harness_done"] = st.t0_unix_ns
             if st is not None:
                 if st.unsent:
                     data["harness_records"], st.unsent = st.unsent, []
@@ -377,7 +414,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
                 PROCESS.master_final.add(client_id)
             else:
                 PROCESS.master_final.discard(client_id)
-            if data.get("harness_done"):
+            done, t0 = data.get("harness_done"), option(environment, "harness_t0")
+            if done is not None and (not t0 or done == int(t0)):
                 _worker_done(environment, runner, client_id)
             lines = data.get("harness_records")
             if lines:
@@ -444,7 +482,13 @@ def _master_quit(environment: Environment, runner: MasterRunner) -> None:
 def _on_test_start(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
+        # The spawn message has brought this test's options (stage clock, the run's workers).
+        if PROCESS.users is not None:
+            PROCESS.users.restart(environment)
         return
+    # A second test in this process (web UI): a request limit is counted afresh.
+    PROCESS.master_done.clear()
+    PROCESS.master_quitting = False
     opts = environment.parsed_options
     if opts is not None:
         # The stage clock and the open-loop split, sent to workers with the spawn message.
@@ -455,6 +499,8 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         opts.harness_t0 = str(time.time_ns() + int(lead_s * 1e9))
         if isinstance(runner, MasterRunner):
             opts.harness_workers = ",".join(sorted(w.id for w in runner.clients.all))
+    if PROCESS.users is not None:
+        PROCESS.users.restart(environment)
     if option(environment, "harness_plan"):
         return  # `harness run` did the warm-up before starting Locust
     from harness.warmup import run_warmup
@@ -530,10 +576,12 @@ class ChatUser(User):
         self.prompts = st.plan.prompts
         self.connect_failures = 0
         self.conv: Conversation | None = None
+        """The conversation this user holds (a workload with conversations)."""
         self.unsent: WorkItem | None = None
         """The request taken and not yet sent (an open-loop one waits for its time)."""
         self.awaiting_reply = False
-        """The conversation this user holds (a workload with conversations)."""
+        """A turn of the held conversation was sent and its answer is not in the history yet: a
+        user stopped now adds an empty answer before handing the conversation on."""
         # Locust starts a batch of users at once each second; without a random first wait they
         # would send, and with fixed lengths keep sending, in lock-step (the first wave inflates the
         # tail: the report's "first wave" diagnostic). Open-loop users wait for their arrivals instead.
@@ -561,7 +609,8 @@ class ChatUser(User):
             sched_unix_ns = st.t0_unix_ns + int(at_s * 1e9)
         item = None
         if st.pool is not None:
-            item = self._next_item()
+            # A late worker has no share: taking (0, 1)'s would send the whole workload again.
+            item = None if st.late else self._next_item()
             if item is None:  # this process's share of the request limit is sent
                 st.pool_exhausted()
                 raise StopUser()
