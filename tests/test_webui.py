@@ -438,10 +438,12 @@ def test_llm_tab_in_a_real_browser_matches_the_records(tmp_path: Path) -> None:
 def test_command_line_choices_reach_local_worker_processes(tmp_path: Path) -> None:
     """Plain locust, headless, one master and two worker processes: `--llm-models` and
     `--llm-max-tokens` are applied before the warm-up and travel to the workers with the plan."""
+    port = str(_free_port())  # not Locust's default 5557: another run on this machine may hold it
     with sim_host("--ttft-ms", "5", "--itl-ms", "1") as sim:
         proc = subprocess.run(
             [sys.executable, "-m", "locust", "-f", str(REPO / "locustfiles" / "chat.py"), "--headless"]
             + ["--host", sim.base_url, "-u", "2", "-r", "2", "-t", "3s", "--processes", "2"]
+            + ["--master-bind-port", port, "--master-port", port]
             + ["--llm-models", "phi-4-mini", "--llm-max-tokens", "5", "--run-dir", str(tmp_path / "r")]
             # a stream still running at -t's end is recorded `stopped` (a failure to Locust's exit code)
             + ["--loglevel", "WARNING", "--only-summary", "--exit-code-on-error", "0"],
