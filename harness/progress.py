@@ -41,6 +41,8 @@ from typing import IO, Any
 
 import orjson
 
+from harness.webui_figures import span_of
+
 __all__ = [
     "ALL",
     "DEFAULT_INTERVAL_S",
@@ -50,7 +52,6 @@ __all__ = [
     "ProgressState",
     "format_line",
     "lag_for",
-    "percentile",
 ]
 
 #: Seconds between plain progress lines (and the width of the table's window) unless told.
@@ -66,17 +67,6 @@ def lag_for(distributed: bool) -> float:
     """How far behind now a window ends so that its records have reached the run folder: the
     flush or report interval, plus a margin for an event loop that is late under load."""
     return WORKER_REPORT_S + 1.5 if distributed else FLUSH_S + 1.5
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile of ascending values, linear interpolation (numpy's default); None if empty."""
-    n = len(sorted_values)
-    if n == 0:
-        return None
-    h = (n - 1) * q / 100
-    lo = math.floor(h)
-    hi = min(lo + 1, n - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (h - lo)
 
 
 class JsonlTail:
@@ -148,27 +138,17 @@ class Figures:
 
 
 def _figures(recs: Sequence[_Rec], seconds: float) -> Figures:
-    f = Figures(seconds=seconds)
-    ttft: list[float] = []
-    tpot: list[float] = []
-    errors: Counter[str] = Counter()
-    for r in recs:
-        f.requests += 1
-        if r.ok:
-            f.ok += 1
-            f.output_tokens += r.tokens
-            if r.ttft_ms is not None:
-                ttft.append(r.ttft_ms)
-            if r.tpot_ms is not None:
-                tpot.append(r.tpot_ms)
-        else:
-            errors[r.error or "unknown"] += 1
-    ttft.sort()
-    tpot.sort()
-    f.ttft_p50_ms, f.ttft_p95_ms = percentile(ttft, 50), percentile(ttft, 95)
-    f.tpot_p50_ms = percentile(tpot, 50)
-    f.errors = dict(sorted(errors.items()))
-    return f
+    span = span_of(recs, seconds)  # the LLM tab's arithmetic: the same figures for the same records
+    return Figures(
+        seconds=seconds,
+        requests=span.requests,
+        ok=span.ok,
+        output_tokens=span.output_tokens,
+        ttft_p50_ms=span.ttft_p50_ms,
+        ttft_p95_ms=span.ttft_p95_ms,
+        tpot_p50_ms=span.tpot_p50_ms,
+        errors=span.errors,
+    )
 
 
 #: Group key of the figures over every host and model.

@@ -59,6 +59,35 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (h - lo)
 
 
+def span_of(recs: Iterable[Any], seconds: float) -> Span:
+    """The figures of a span of records (anything with `ok`, `tokens`, `ttft_ms`, `tpot_ms`,
+    `error`): counts, output tokens and errors by category over all, TTFT p50/p95 and TPOT p50 over
+    the successful ones. Shared by the LLM tab and `harness run`'s console progress
+    (`harness.progress`), so both show the same figures for the same records."""
+    span = Span(seconds=seconds)
+    ttft: list[float] = []
+    tpot: list[float] = []
+    errors: Counter[str] = Counter()
+    for r in recs:
+        span.requests += 1
+        if r.ok:
+            span.ok += 1
+            span.output_tokens += r.tokens
+            if r.ttft_ms is not None:
+                ttft.append(r.ttft_ms)
+            if r.tpot_ms is not None:
+                tpot.append(r.tpot_ms)
+        else:
+            errors[r.error or "unknown"] += 1
+    ttft.sort()
+    tpot.sort()
+    span.errors = dict(sorted(errors.items()))
+    span.ttft_p50_ms = percentile(ttft, 50)
+    span.ttft_p95_ms = percentile(ttft, 95)
+    span.tpot_p50_ms = percentile(tpot, 50)
+    return span
+
+
 @dataclass
 class Span:
     """Figures over one span of records (a window, or since start) of one group."""
@@ -258,29 +287,7 @@ class _Group:
         return {"t_s": list(self._t)} | {k: list(c) for k, c in self._columns.items()}
 
     def window(self, lo: float, hi: float, seconds: float) -> Span:
-        span = Span(seconds=seconds)
-        ttft: list[float] = []
-        tpot: list[float] = []
-        errors: Counter[str] = Counter()
-        for r in self.recent:
-            if not lo <= r.end_s < hi:
-                continue
-            span.requests += 1
-            if r.ok:
-                span.ok += 1
-                span.output_tokens += r.tokens
-                if r.ttft_ms is not None:
-                    ttft.append(r.ttft_ms)
-                if r.tpot_ms is not None:
-                    tpot.append(r.tpot_ms)
-            else:
-                errors[r.error or "unknown"] += 1
-        ttft.sort()
-        tpot.sort()
-        span.errors = dict(sorted(errors.items()))
-        span.ttft_p50_ms = percentile(ttft, 50)
-        span.ttft_p95_ms = percentile(ttft, 95)
-        span.tpot_p50_ms = percentile(tpot, 50)
+        span = span_of((r for r in self.recent if lo <= r.end_s < hi), seconds)
         span.tokens_per_s = span.output_tokens / seconds if seconds > 0 else None
         return span
 
