@@ -20,6 +20,12 @@ Where the models come from:
                                   host of its own, started and stopped in turn: its memory and load
                                   time are that model's alone, and its folder's size is known
 
+With the workload flags (`--input-tokens`, `--output-tokens`, `--dataset`, `--max-requests`), every
+model's prompt set is the workload's requests 0..N-1 instead (`harness.workload`, seeded): the same
+indices for every model, their lengths exact in the model's own tokenizer where its folder is known
+(an embedded host's, a Foundry cache's), else calibrated against the host as `harness run` does
+(`harness.workload_run`). Synthetic and dataset prompts have no reference answers: not scored.
+
 A model that cannot be resolved, loaded or answered is recorded with its status (`skipped`,
 `failed`) and a reason; the others go on. Deterministic by default: temperature 0, fixed prompts in
 a fixed order, fixed max_tokens. Requests are sent from plain threads of this process (no gevent):
@@ -49,7 +55,7 @@ from harness.benchconfig import (
 )
 from harness.client import Connection
 from harness.discovery import default_models, dir_size_mb, find_model_folder
-from harness.errors import HarnessError
+from harness.errors import HarnessError, InputError
 from harness.flavours import flavour, model_id_for, shipped_model_dir
 from harness.hosts import HostInfo, local_status, normalize_base_url, probe_host, resolve_model
 from harness.quality import (
@@ -65,6 +71,7 @@ from harness.rundir import RunDir, Spool, machine, make_run_dir, new_run_id, utc
 from harness.runner import HostSampler, log_tail, sample_rss_now
 from harness.scenario import Prompt
 from harness.send import Request, Sender
+from harness.workload import RequestSpec
 
 __all__ = [
     "DEFAULT_BENCH_PROMPTS",
@@ -144,6 +151,8 @@ class Entry:
     started_unix_ns: int | None = None
     ended_unix_ns: int | None = None
     sample_answer: str | None = None
+    workload: dict[str, Any] | None = None
+    """With a workload: how its lengths were known for this model, and the workload's description."""
 
     def finish(self, status: str, reason: str | None = None) -> Entry:
         self.status = status
@@ -290,6 +299,73 @@ def _requests(
     ]
 
 
+def _spec_requests(
+    cfg: BenchConfig,
+    host: str,
+    model: str,
+    asked: str,
+    items: Sequence[tuple[int, RequestSpec]],
+    *,
+    stage: str,
+    stream: bool,
+    warmup: bool,
+) -> list[Request]:
+    """The bench's requests for (round, workload request) items: what each asked for goes into its
+    record (`requested_input_tokens`, ...), its index into the tags."""
+    return [
+        Request(
+            host=host,
+            model=model,
+            prompt_id=spec.prompt_id,
+            messages=spec.messages,
+            max_tokens=spec.max_tokens,
+            temperature=cfg.temperature,
+            stream=stream,
+            body_extra=spec.extra_body,
+            keep_text=True,
+            stage=stage,
+            warmup=warmup,
+            tags={"round": rnd, "asked": asked, "bench": True, "workload_index": spec.index},
+            requested_input_tokens=spec.requested_input_tokens,
+            requested_output_tokens=spec.requested_output_tokens,
+            shared_prefix_tokens=spec.prefix_tokens,
+        )
+        for rnd, spec in items
+    ]
+
+
+def _workload_specs(
+    cfg: BenchConfig, host: _Host, model: str, folder: Path | None, run_id: str
+) -> tuple[list[RequestSpec], dict[str, Any]]:
+    """The workload's requests 0..N-1 for one model, and how their lengths were known: the model's
+    own tokenizer where its folder is here, else what `harness run` does (a calibration against the
+    host when lengths are asked for)."""
+    from harness.plan import Target
+    from harness.scenario import Scenario
+    from harness.workload import ModelTokenizer, build_workload
+    from harness.workload_run import _counter
+
+    spec = cfg.workload
+    assert spec is not None and host.url is not None
+    sc = Scenario(workload=spec, seed=cfg.seed, connection=cfg.connection)
+    info: dict[str, Any]
+    if folder is not None and (folder / "tokenizer.json").is_file():
+        counter: Any = ModelTokenizer.from_path(folder)
+        info = {"counter": "tokenizer", "tokenizer": str(folder)}
+    else:
+        target = Target(url=host.url, label=host.label, weight=1.0, models=[model])
+        counter, info = _counter(sc, [target], run_id)
+    prompts = [
+        {"id": p.id, "messages": p.chat_messages(), "max_tokens": p.max_tokens, "expected": p.expected}
+        for p in cfg.prompts
+    ]
+    w = build_workload(
+        spec, seed=cfg.seed, default_max_tokens=cfg.max_tokens, counter=counter, prompts=prompts
+    )
+    info["describe"] = w.describe()
+    return list(w.build(range(cfg.workload_requests))), info
+
+
 def _stage_name(stream: bool, concurrency: int) -> str:
     return f"{'stream' if stream else 'plain'} c={concurrency}"
 
@@ -325,9 +401,10 @@ def _bench_model(
     # A models.json alias names the group best (the id of a model folder says less).
     entry.alias = found[0] if found and ":" in asked else alias_of(asked, resolved)
     entry.ep = split_variant(resolved)[1]
-    prompts = prompts_for(cfg.prompts, entry.capabilities)
+    # A workload's requests go to every model: capabilities pick among the prompt set only.
+    prompts = prompts_for(cfg.prompts, entry.capabilities) if cfg.workload is None else []
     entry.prompts = [p.id for p in prompts]
-    if not prompts:
+    if not prompts and cfg.workload is None:
         caps = ", ".join(entry.capabilities) or "none declared"
         return entry.finish("skipped", f"no prompt of the set matches its capabilities ({caps})")
     folder = host.model_dir or (
@@ -355,13 +432,24 @@ def _bench_model(
             if not ok:
                 return entry.finish("failed", f"loading {resolved} failed: {detail}")
 
+    specs: list[RequestSpec] = []
+    if cfg.workload is not None:
+        try:  # after loading: a calibration asks the model itself
+            specs, entry.workload = _workload_specs(cfg, host, resolved, folder, sender.run_id)
+        except InputError as exc:
+            return entry.finish("failed", f"workload: {exc}")
+        entry.prompts = [s.prompt_id for s in specs]
+
+    def build(items: Sequence[tuple[int, Any]], stage: str, stream: bool, warmup: bool) -> list[Request]:
+        assert host.url is not None and resolved is not None
+        make = _spec_requests if cfg.workload is not None else _requests
+        return make(cfg, host.url, resolved, asked, items, stage=stage, stream=stream, warmup=warmup)
+
+    units: Sequence[Any] = specs if cfg.workload is not None else prompts
     first_stream = cfg.streams[0]
     warm: list[Record] = []
     for rnd in range(1, cfg.warmup_rounds + 1):
-        items = [(rnd, p) for p in prompts]
-        reqs = _requests(
-            cfg, host.url, resolved, asked, items, stage="warmup", stream=first_stream, warmup=True
-        )
+        reqs = build([(rnd, u) for u in units], "warmup", first_stream, True)
         warm += _send_stage(cfg, sender, stop, reqs, 1)
     entry.warmup_requests = len(warm)
     if warm and not any(r.ok for r in warm):
@@ -370,12 +458,12 @@ def _bench_model(
         )
 
     measured: list[Record] = []
-    items = [(rnd, p) for rnd in range(1, cfg.rounds + 1) for p in prompts]
+    items = [(rnd, u) for rnd in range(1, cfg.rounds + 1) for u in units]
     for stream in cfg.streams:
         for c in cfg.concurrency:
             name = _stage_name(stream, c)
             entry.stages.append(name)
-            reqs = _requests(cfg, host.url, resolved, asked, items, stage=name, stream=stream, warmup=False)
+            reqs = build(items, name, stream, False)
             measured += _send_stage(cfg, sender, stop, reqs, c)
     sample_rss_now(metrics_path, host.url, host.pid)
     entry.requests = len(measured)
@@ -469,7 +557,11 @@ def run_bench(cfg: BenchConfig, *, log: Callable[[str], None] | None = None) -> 
     first_stages = {
         (str(e.host), str(e.resolved)): e.stages[0] for e in entries if e.host and e.resolved and e.stages
     }
-    answers = write_answers(run_dir, records, cfg.prompts, first_stages)
+    answers = write_answers(run_dir, records, cfg.prompts, first_stages) if cfg.scored else []
+    if not cfg.scored:
+        problems.append(
+            "quality not scored: the workload's prompts (synthetic or from a dataset) have no reference answers"
+        )
     if cfg.judge_url and cfg.judge_model and answers:
         problems += ask_judge(run_dir, answers, cfg.judge_url, cfg.judge_model, say)
     measured = sum(1 for r in records if not r.get("warmup"))

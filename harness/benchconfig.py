@@ -23,6 +23,7 @@ from harness.client import DEFAULT_CONNECTION_POLICY, Timeouts
 from harness.errors import InputError
 from harness.hosts import resolve_model
 from harness.scenario import Prompt
+from harness.workload.config import WorkloadSpec
 
 __all__ = [
     "DEFAULT_BENCH_PROMPTS",
@@ -202,6 +203,22 @@ class BenchConfig:
     from_env: dict[str, str] = field(default_factory=dict)
     """BENCH_* / FOUNDRY_LOCAL_ENDPOINT variables that supplied a value, as given."""
     command_line: list[str] = field(default_factory=lambda: list(sys.argv))
+    workload: WorkloadSpec | None = None
+    """The workload flags: the workload's requests replace the prompt set (`harness.bench`)."""
+    seed: int = 0
+
+    @property
+    def workload_requests(self) -> int:
+        """Requests per round for each model with a workload: `--max-requests`, else as many as the
+        prompt set holds (so a bench costs what it did without one)."""
+        w = self.workload
+        return w.max_requests if w is not None and w.max_requests else len(self.prompts)
+
+    @property
+    def scored(self) -> bool:
+        """Whether answers can be scored: synthetic or dataset prompts have no reference answers."""
+        w = self.workload
+        return w is None or (w.input_tokens is None and w.dataset is None)
 
     def validate(self) -> None:
         if self.rounds < 1:
@@ -254,6 +271,12 @@ class BenchConfig:
             "price_per_kwh": self.price_per_kwh,
             "judge": {"url": self.judge_url, "model": self.judge_model} if self.judge_url else None,
             "from_env": self.from_env,
+            "workload": (
+                self.workload.model_dump(exclude_defaults=True)
+                | {"seed": self.seed, "requests_per_round": self.workload_requests, "scored": self.scored}
+                if self.workload is not None
+                else None
+            ),
         }
 
 

@@ -8,6 +8,10 @@ filled in (or a judge was asked). Prints the table and, as the last line, the ru
 The workshop's environment variables work where no option is given: BENCH_MODELS (comma list),
 BENCH_ROUNDS, BENCH_PROMPT (one prompt), BENCH_STREAM (1 = streaming, 0 = not), BENCH_MAX_TOKENS,
 BENCH_TEMPERATURE, FOUNDRY_LOCAL_ENDPOINT (the host, when no --host is given).
+
+The workload flags (`--input-tokens`, `--output-tokens`, `--dataset`, `--max-requests`, as for
+`harness run`) replace the prompt set: every model gets the same requests of the workload (indices
+0..N-1, seeded by `--seed`), N per round; `--output-tokens` sets their max_tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.client.policy import CONNECTION_POLICIES, DEFAULT_CONNECTION_POLICY
+from harness.commands.run import add_workload_flags, workload_overrides
 from harness.errors import InputError
 
 __all__ = ["add_parser", "config_from_args"]
@@ -84,6 +89,14 @@ def add_parser(sub: Any) -> None:
         help="streaming, non-streaming or both (default stream)",
     )
     g.add_argument("--concurrency", metavar="LIST", default="1", help="e.g. 1 or 1,4 (default 1)")
+    g = p.add_argument_group("workload (instead of the prompt set)")
+    add_workload_flags(
+        g,
+        max_requests_help="requests per round for each model: the workload's requests 0..N-1, the same for "
+        "every model (default: as many as the prompt set holds, 4 for the workshop's)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed for the workload's lengths and text (default 0)")
+    g = p.add_argument_group("connection")
     g.add_argument(
         "--connection",
         choices=CONNECTION_POLICIES,
@@ -196,6 +209,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
         mode = "stream" if flag in ("1", "true", "yes") else "plain"
     cfg.streams = list(MODES[mode or "stream"])
     cfg.concurrency = _concurrency(args.concurrency)
+    _workload(cfg, args)
     cfg.warmup_rounds = args.warmup_rounds
     cfg.power_watts = args.power_watts
     cfg.price_per_kwh = args.price_per_kwh
@@ -205,6 +219,25 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
     cfg.command_line = list(sys.argv)
     cfg.validate()
     return cfg
+
+
+def _workload(cfg: Any, args: argparse.Namespace) -> None:
+    """The workload flags, validated as `harness run` validates them (the same one-line messages);
+    a dataset is read now, so a bad file stops the bench before any host starts."""
+    from harness.scenario import load_scenario
+    from harness.workload_run import check_workload_files
+
+    overrides = workload_overrides(args)
+    if not overrides:
+        return
+    if args.prompts_file is not None and (args.input_tokens is not None or args.dataset is not None):
+        raise InputError(
+            "--prompts-file and --input-tokens/--dataset: choose one (the prompt set, or the workload's prompts)"
+        )
+    sc = load_scenario(None, {**overrides, "seed": args.seed})
+    check_workload_files(sc)
+    cfg.workload = sc.workload
+    cfg.seed = args.seed
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,9 +21,10 @@ __all__ = ["add_parser", "add_workload_flags", "scenario_overrides", "with_thres
 _LENGTHS = "a length or distribution: 256, 128:512 (uniform), normal:256,64, lognormal:256,64, list:64,128"
 
 
-def add_workload_flags(g: Any) -> None:
+def add_workload_flags(g: Any, *, max_requests_help: str | None = None) -> None:
     """`--input-tokens`, `--output-tokens`, `--dataset`, `--max-requests`: the scenario's `workload`
-    section from the command line, for `harness run`."""
+    section from the command line, for `harness run` (and `harness bench`, whose `--max-requests`
+    means something of its own: `max_requests_help` says what)."""
     g.add_argument(
         "--input-tokens",
         metavar="LEN",
@@ -42,7 +43,8 @@ def add_workload_flags(g: Any) -> None:
         "--max-requests",
         type=int,
         metavar="N",
-        help="stop after exactly N requests over all workers (or at the end of the duration)",
+        help=max_requests_help
+        or "stop after exactly N requests over all workers (or at the end of the duration)",
     )
 
 
