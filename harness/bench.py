@@ -343,7 +343,7 @@ def _workload_specs(
     from harness.plan import Target
     from harness.scenario import Scenario
     from harness.workload import ModelTokenizer, build_workload
-    from harness.workload_run import _counter
+    from harness.workload_run import token_counter
 
     spec = cfg.workload
     assert spec is not None and host.url is not None
@@ -354,7 +354,7 @@ def _workload_specs(
         info = {"counter": "tokenizer", "tokenizer": str(folder)}
     else:
         target = Target(url=host.url, label=host.label, weight=1.0, models=[model])
-        counter, info = _counter(sc, [target], run_id)
+        counter, info = token_counter(sc, [target], run_id)
     prompts = [
         {"id": p.id, "messages": p.chat_messages(), "max_tokens": p.max_tokens, "expected": p.expected}
         for p in cfg.prompts

@@ -26,7 +26,7 @@ from harness.scenario import Scenario
 from harness.workload import Calibration, Counter, ModelTokenizer, Workload, build_workload, calibrate
 from harness.workload.config import WorkloadSpec
 
-__all__ = ["check_workload_files", "plan_workload", "workload_from_plan"]
+__all__ = ["check_workload_files", "plan_workload", "token_counter", "workload_from_plan"]
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -111,7 +111,10 @@ def _calibrate_against(sc: Scenario, target: Target, run_id: str) -> Calibration
         conn.close()
 
 
-def _counter(sc: Scenario, targets: list[Target], run_id: str) -> tuple[Counter | None, dict[str, Any]]:
+def token_counter(sc: Scenario, targets: list[Target], run_id: str) -> tuple[Counter | None, dict[str, Any]]:
+    """How prompt lengths are counted, and what the manifest says of it: the scenario's tokenizer,
+    else the embedded Foundry host's model folder, else (only when lengths are asked for) a
+    calibration sent once through the send path to the first target; `harness run` and `harness bench`."""
     spec = sc.workload
     assert spec is not None
     if spec.tokenizer is not None:
@@ -157,7 +160,7 @@ def plan_workload(
     spec = sc.workload
     if spec is None:
         return None
-    counter, info = _counter(sc, targets, run_id)
+    counter, info = token_counter(sc, targets, run_id)
     w = _build(sc, counter, prompts)
     tok = info.get("tokenizer")
     if tok is not None:
