@@ -51,8 +51,12 @@ def nagle_physics(figs: list[PolicyFigures], max_tokens: int) -> str | None:
     if min(r.ok for r in (reuse, new, quick)) < reuse.requests:
         return f"requests failed:\n{text}"
     # The reference: `new` and `reuse-quickack` both ACK at once, so they agree with each other.
+    # reuse-quickack's ACK leaves when the client has read (quick ACK is re-armed per read), so a
+    # reader that wakes late on a loaded machine adds its few ms: they agree against the floor's
+    # penalty (a quarter of it), not to the millisecond (measured in CI: new 1.5, quick 5.6, reuse 43.4).
     own = min(new.ttft_ms_p50, quick.ttft_ms_p50)
-    if abs(new.ttft_ms_p50 - quick.ttft_ms_p50) > max(3.0, 0.25 * own):
+    penalty = reuse.ttfb_ms_p50 + DELAYED_ACK_MS - own
+    if abs(new.ttft_ms_p50 - quick.ttft_ms_p50) > max(3.0, 0.25 * own, 0.25 * penalty):
         return f"new and reuse-quickack should agree (both ACK at once):\n{text}"
     floor_at = reuse.ttfb_ms_p50 + DELAYED_ACK_MS
     expected = max(own, floor_at)
